@@ -1,0 +1,35 @@
+# Everyday entry points. `make run` and `make test` work on a fresh machine: both
+# depend on `install`, which is a no-op until pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test run bench lint
+
+install: $(STAMP)
+
+# torch first and pinned, so pip takes the matching pair (from a local wheel cache when
+# there is one) instead of resolving a different build while installing the project.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e '.[dev,redis,postgres]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The detection worker (manage.py run_detector) joins `run` in a later issue.
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py ensure_admin
+	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+bench: install
+	@echo "No benchmark yet: 'make bench' arrives with issue 6 (pipeline throughput vs the prototype)."
+
+lint: install
+	$(BIN)/ruff check .

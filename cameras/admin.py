@@ -1,0 +1,3 @@
+"""Camera admin arrives with the Camera model."""
+
+from __future__ import annotations

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    # Placeholder until the Camera model exists: the page renders its empty state.
+    return render(request, "dashboard.html", {"cameras": []})

@@ -1,0 +1,244 @@
+"""Django settings for the clipwatch portal.
+
+Everything an operator may change comes from the environment (see README.md for the
+table). Defaults are safe for development on one machine; production needs at least
+DJANGO_DEBUG=false, DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS, and refuses to start
+without the secret key rather than run with a guessable one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from portal.env import (
+    get_bool,
+    get_float,
+    get_int,
+    get_list,
+    get_optional_str,
+    get_path,
+    get_paths,
+    get_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+# Runtime state (SQLite database, uploads) lives here by default; it is git-ignored.
+VAR_DIR = BASE_DIR / "var"
+
+DEBUG = get_bool("DJANGO_DEBUG", True)
+
+# The "django-insecure-" prefix makes `check --deploy` flag this key should it ever be
+# set explicitly in production; without DEBUG it is never used as a fallback.
+_DEV_SECRET_KEY = "django-insecure-dev-only-5b1f0c7e2d4a4b8e9f3a6c1d0e7b2a9f4c8d1e6b3a5f7c9"
+_secret_key = get_optional_str("DJANGO_SECRET_KEY")
+if _secret_key is None and not DEBUG:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set: expected a long random string when DJANGO_DEBUG is "
+        "false (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+    )
+SECRET_KEY = _secret_key or _DEV_SECRET_KEY
+
+if DEBUG:
+    ALLOWED_HOSTS = get_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+elif get_optional_str("DJANGO_ALLOWED_HOSTS") is None:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS is not set: expected the comma-separated host names the "
+        "portal is served under when DJANGO_DEBUG is false."
+    )
+else:
+    ALLOWED_HOSTS = get_list("DJANGO_ALLOWED_HOSTS", [])
+CSRF_TRUSTED_ORIGINS = get_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    # daphne first: its runserver replaces Django's, so `manage.py runserver` speaks ASGI
+    # (websockets included) in development.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "cameras",
+    "detection",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+ASGI_APPLICATION = "portal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "detection.context_processors.detection",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+
+_database_url = get_optional_str("DATABASE_URL")
+if _database_url is None:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _database_url = f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+try:
+    # conn_max_age stays 0: under ASGI each request may run on another thread, and
+    # Django's docs advise against persistent connections there.
+    _default_db = dj_database_url.parse(_database_url)
+except ValueError as exc:
+    # The URL itself is not echoed: it may carry a password.
+    raise ImproperlyConfigured(
+        f"DATABASE_URL is invalid ({exc}): expected a URL such as "
+        "postgres://user@host:5432/name or sqlite:////abs/path/db.sqlite3."
+    ) from exc
+if _default_db["ENGINE"] == "django.db.backends.sqlite3":
+    # The portal and the detection worker write concurrently: WAL lets readers proceed
+    # during a write, IMMEDIATE takes the write lock up front (no deadlocking upgrade
+    # from a read lock), and the timeout waits out a busy writer instead of failing.
+    _default_db["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        **_default_db.get("OPTIONS", {}),
+    }
+DATABASES = {"default": _default_db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channels -------------------------------------------------------------------------
+
+REDIS_URL = get_optional_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    # In-memory only reaches consumers in this process, so a separate worker cannot
+    # publish through it; an embedded cross-process layer arrives with the live pages.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Auth -----------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- I18n -----------------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = get_str("DJANGO_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Static and media -----------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_URL = "media/"
+MEDIA_ROOT = get_path("MEDIA_ROOT", VAR_DIR / "media")
+
+# --- Detection ------------------------------------------------------------------------
+
+# Directories video files may be read from; uploads land in MEDIA_ROOT.
+DETECTION_VIDEO_DIRS = get_paths("DETECTION_VIDEO_DIRS", [MEDIA_ROOT])
+# open_clip model name, or hf-hub:org/repo, local-dir:/path, /path/to/config.json.
+DETECTION_MODEL = get_str("DETECTION_MODEL", "ViT-B-16")
+# An open_clip pretrained tag, a path to a checkpoint file, or "none" (random weights:
+# tests and benchmarks only). detection/checks.py validates it against the model.
+DETECTION_PRETRAINED = get_str("DETECTION_PRETRAINED", "laion2b_s34b_b88k")
+DETECTION_DEVICE = get_str(
+    "DETECTION_DEVICE",
+    "auto",
+    pattern=r"auto|cpu|cuda(:\d+)?",
+    expected="auto, cpu, cuda or cuda:N",
+)
+DETECTION_PRECISION = get_str(
+    "DETECTION_PRECISION", "auto", choices=("auto", "fp32", "bf16", "fp16")
+)
+DETECTION_BATCH_SIZE = get_int("DETECTION_BATCH_SIZE", 16, min=1)
+# None = the model's own learned logit_scale; the prototype used a fixed 100.
+DETECTION_LOGIT_SCALE: float | None = (
+    None
+    if get_str("DETECTION_LOGIT_SCALE", "model").lower() == "model"
+    else get_float("DETECTION_LOGIT_SCALE", 100.0, gt=0)
+)
+# Where downloaded weights go; None keeps open_clip's / Hugging Face's default cache.
+_cache_dir = get_optional_str("DETECTION_CACHE_DIR")
+DETECTION_CACHE_DIR: Path | None = Path(_cache_dir).expanduser().resolve() if _cache_dir else None
+
+# --- Logging --------------------------------------------------------------------------
+
+LOG_LEVEL = get_str(
+    "DJANGO_LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+)
+# Logs go to stderr: stdout belongs to command output (`analyze_video --json`), and
+# process managers and containers collect both streams alike.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "plain",
+        },
+    },
+    # Third-party libraries (open_clip logs every loading step on the root logger at INFO)
+    # stay at WARNING; our own apps log at DJANGO_LOG_LEVEL.
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
+    "loggers": {
+        "django": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        **{
+            app: {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False}
+            for app in ("portal", "cameras", "detection")
+        },
+    },
+}
+
+# --- Production hardening -------------------------------------------------------------
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = get_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    # The portal normally sits behind a TLS-terminating proxy that sets this header;
+    # without it Django would see plain http and redirect forever.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = get_int("DJANGO_HSTS_SECONDS", 31_536_000, min=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = get_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    # The header alone does not enrol the domain; submitting it to hstspreload.org does.
+    SECURE_HSTS_PRELOAD = get_bool("DJANGO_HSTS_PRELOAD", True)

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from django.core.checks import Error, Warning
+from django.core.checks.registry import registry
+from django.test import override_settings
+
+from detection import checks
+
+
+def _ids(messages) -> list[str]:
+    return [m.id for m in messages]
+
+
+def test_it_registers_every_check_under_the_detection_tag():
+    registered = registry.get_checks()
+    for check in checks.ALL_CHECKS:
+        assert check in registered
+        assert checks.TAG in check.tags
+
+
+# --- DETECTION_MODEL ------------------------------------------------------------------
+
+
+@override_settings(DETECTION_MODEL="ViT-B-16")
+def test_it_accepts_a_builtin_model():
+    assert checks.check_model() == []
+
+
+@override_settings(DETECTION_MODEL="ViT-B-61")
+def test_it_flags_an_unknown_model_and_suggests_close_names():
+    [message] = checks.check_model()
+    assert isinstance(message, Error)
+    assert message.id == "detection.E001"
+    assert "ViT-B-61" in message.msg
+    assert "ViT-B-16" in message.hint
+
+
+@override_settings(DETECTION_MODEL="hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K")
+def test_it_accepts_hf_hub_models_without_a_network_lookup():
+    assert checks.check_model() == []
+
+
+def test_it_requires_a_local_dir_model_to_exist(tmp_path):
+    with override_settings(DETECTION_MODEL=f"local-dir:{tmp_path / 'missing'}"):
+        assert _ids(checks.check_model()) == ["detection.E001"]
+    with override_settings(DETECTION_MODEL=f"local-dir:{tmp_path}"):
+        assert checks.check_model() == []
+
+
+def test_it_requires_a_json_model_config_to_exist(tmp_path):
+    config = tmp_path / "my-model.json"
+    with override_settings(DETECTION_MODEL=str(config)):
+        assert _ids(checks.check_model()) == ["detection.E001"]
+    config.write_text("{}")
+    with override_settings(DETECTION_MODEL=str(config)):
+        assert checks.check_model() == []
+
+
+# --- DETECTION_PRETRAINED -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tag", ["laion2b_s34b_b88k", "LAION2B-S34B-B88K", "openai"])
+def test_it_accepts_known_tags_the_way_open_clip_normalises_them(tag):
+    with override_settings(DETECTION_MODEL="ViT-B-16", DETECTION_PRETRAINED=tag):
+        assert checks.check_pretrained() == []
+
+
+@override_settings(DETECTION_MODEL="ViT-B-16", DETECTION_PRETRAINED="laion5b_imaginary")
+def test_it_flags_an_unknown_tag_and_lists_the_valid_ones():
+    [message] = checks.check_pretrained()
+    assert isinstance(message, Error)
+    assert message.id == "detection.E003"
+    assert "laion5b_imaginary" in message.msg
+    assert "laion2b_s34b_b88k" in message.hint
+    assert "openai" in message.hint
+
+
+@pytest.mark.parametrize("name", ["weights.pt", "ckpt.safetensors", "model.bin", "sub/dir/x"])
+def test_it_flags_a_checkpoint_path_that_does_not_exist(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with override_settings(DETECTION_PRETRAINED=name):
+        assert _ids(checks.check_pretrained()) == ["detection.E002"]
+
+
+def test_it_accepts_an_existing_checkpoint_file(tmp_path):
+    checkpoint = tmp_path / "open_clip_pytorch_model.bin"
+    checkpoint.write_bytes(b"\0")
+    with override_settings(DETECTION_PRETRAINED=str(checkpoint)):
+        assert checks.check_pretrained() == []
+
+
+@pytest.mark.parametrize("value", ["none", "None", "NONE"])
+def test_it_warns_that_none_means_random_weights(value):
+    with override_settings(DETECTION_PRETRAINED=value):
+        [message] = checks.check_pretrained()
+    assert isinstance(message, Warning)
+    assert message.id == "detection.W001"
+    assert "random weights" in message.msg
+    assert "tests and benchmarks only" in message.hint
+
+
+@override_settings(DETECTION_MODEL="ViT-B-61", DETECTION_PRETRAINED="laion2b_s34b_b88k")
+def test_it_reports_an_unknown_model_once_not_again_as_a_bad_tag():
+    assert checks.check_pretrained() == []
+    assert _ids(checks.check_model()) == ["detection.E001"]
+
+
+# --- DETECTION_DEVICE -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_it_accepts_devices_that_always_exist(device):
+    with override_settings(DETECTION_DEVICE=device):
+        assert checks.check_device() == []
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_it_flags_cuda_on_a_machine_without_it(monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with override_settings(DETECTION_DEVICE=device):
+        [message] = checks.check_device()
+    assert message.id == "detection.E004"
+    assert "CUDA is not available" in message.msg
+
+
+def test_it_flags_a_cuda_index_beyond_the_installed_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with override_settings(DETECTION_DEVICE="cuda:2"):
+        assert _ids(checks.check_device()) == ["detection.E005"]
+    with override_settings(DETECTION_DEVICE="cuda:1"):
+        assert checks.check_device() == []
+
+
+# --- DETECTION_VIDEO_DIRS -------------------------------------------------------------
+
+
+def test_it_warns_about_each_missing_video_directory(tmp_path):
+    present = tmp_path / "present"
+    present.mkdir()
+    missing = [tmp_path / "gone", tmp_path / "also-gone"]
+    with override_settings(MEDIA_ROOT=tmp_path / "media", DETECTION_VIDEO_DIRS=[present, *missing]):
+        messages = checks.check_video_dirs()
+    assert _ids(messages) == ["detection.W002", "detection.W002"]
+    assert [str(path) in m.msg for m, path in zip(messages, missing, strict=True)] == [True, True]
+
+
+def test_it_does_not_warn_about_a_media_root_that_uploads_will_create(tmp_path):
+    media: Path = tmp_path / "media"
+    with override_settings(MEDIA_ROOT=media, DETECTION_VIDEO_DIRS=[media]):
+        assert checks.check_video_dirs() == []
