@@ -1,0 +1,29 @@
+"""The engine's configuration, read from Django settings (themselves read from the env)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from .engine import ModelSpec
+
+
+def model_spec(device: str | None = None, precision: str | None = None) -> ModelSpec:
+    """The configured model; `device`/`precision` override the settings (CLI flags)."""
+    return ModelSpec(
+        name=settings.DETECTION_MODEL,
+        pretrained=settings.DETECTION_PRETRAINED,
+        device=device or settings.DETECTION_DEVICE,
+        precision=precision or settings.DETECTION_PRECISION,
+        cache_dir=str(cache_dir)
+        if (cache_dir := getattr(settings, "DETECTION_CACHE_DIR", None))
+        else None,
+    )
+
+
+def batch_size() -> int:
+    return int(settings.DETECTION_BATCH_SIZE)
+
+
+def logit_scale() -> float | None:
+    """None: the model's own learned scale; a number (100 = the prototype): that scale."""
+    return getattr(settings, "DETECTION_LOGIT_SCALE", None)

@@ -1,0 +1,256 @@
+"""Loading CLIP models through open_clip, once per process.
+
+The model is built by open_clip's own `create_model_and_transforms`, so any open_clip
+architecture, pretrained tag, local checkpoint file, `local-dir:`/`hf-hub:` model, or a
+model config JSON file works. `none` builds random weights: same compute as trained ones,
+meaningless scores, announced on every load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .device import DTYPES, resolve_device, resolve_precision
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-16"
+DEFAULT_PRETRAINED = "laion2b_s34b_b88k"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+RANDOM_WEIGHTS = "none"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load. `device`/`precision` may be `auto`; they are resolved on load."""
+
+    name: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    device: str = "auto"
+    precision: str = "auto"
+    cache_dir: str | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.pretrained.strip().lower() in (RANDOM_WEIGHTS, "")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The parts of open_clip's inference transform our numpy preprocessing reproduces."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    resize_mode: str
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    preprocess: PreprocessConfig
+    reference_transform: Any  # open_clip's own torchvision transform (PIL in, tensor out)
+    device: str
+    precision: str
+    dtype: torch.dtype
+    spec: ModelSpec
+    model_logit_scale: float
+    context_length: int
+    # Class embeddings per prompt tuple; they live and die with this model's weights.
+    text_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.spec.random_weights
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the model for results and logs."""
+        return {
+            "model": self.spec.name,
+            "pretrained": self.spec.pretrained,
+            "random_weights": self.random_weights,
+            "device": self.device,
+            "precision": self.precision,
+        }
+
+
+_cache: dict[tuple[str, str, str, str, str | None], LoadedModel] = {}
+_cache_lock = threading.Lock()
+_key_locks: dict[tuple[str, str, str, str, str | None], threading.Lock] = {}
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Return the cached model for `spec`, loading it on first use (thread-safe)."""
+    device = resolve_device(spec.device)
+    precision = resolve_precision(spec.precision, device)
+    key = (spec.name, spec.pretrained, device, precision, spec.cache_dir)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+        key_lock = _key_locks.setdefault(key, threading.Lock())
+    # A per-key lock: two threads asking for the same model load it once, while a thread
+    # asking for another model is not held up behind a multi-second load.
+    with key_lock:
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
+        loaded = _load(spec, device, precision)
+        with _cache_lock:
+            _cache[key] = loaded
+        return loaded
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+        _key_locks.clear()
+
+
+def _resolve_name(name: str) -> str:
+    """Return an open_clip model name, registering a JSON config file if one is given."""
+    import open_clip
+
+    name = name.strip()
+    if name.startswith(("hf-hub:", "local-dir:")):
+        if name.startswith("local-dir:") and not Path(name[len("local-dir:") :]).is_dir():
+            raise ModelLoadError(f"DETECTION_MODEL {name!r}: directory not found")
+        return name
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise ModelLoadError(f"DETECTION_MODEL {name!r}: model config file not found")
+        # open_clip keys its registry by file stem; registering twice is harmless.
+        open_clip.add_model_config(path)
+        return path.stem
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ModelLoadError(f"DETECTION_MODEL {name!r} is not an open_clip architecture{hint}")
+    return name
+
+
+def looks_like_path(value: str) -> bool:
+    return os.sep in value or value.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def _resolve_pretrained(model_name: str, pretrained: str) -> str | None:
+    """Validate `pretrained` before anything slow happens; None means random weights."""
+    import open_clip
+
+    value = pretrained.strip()
+    if value.lower() in (RANDOM_WEIGHTS, ""):
+        return None
+    if model_name.startswith(("hf-hub:", "local-dir:")):
+        return None  # weights come with the model source; open_clip ignores `pretrained`
+    if looks_like_path(value) or Path(value).is_file():
+        if not Path(value).is_file():
+            raise ModelLoadError(f"DETECTION_PRETRAINED={value!r}: checkpoint file not found")
+        return value
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if value not in tags:
+        known = ", ".join(tags) if tags else "none published"
+        raise ModelLoadError(
+            f"DETECTION_PRETRAINED={value!r} is not a pretrained tag of {model_name} "
+            f"(known tags: {known}); or give a path to a local checkpoint file, "
+            f"or 'none' for random weights"
+        )
+    return value
+
+
+def _download_hint(model_name: str, tag: str) -> str:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    if cfg.get("hf_hub"):
+        # open_clip writes 'org/repo/' (default file name) or 'org/repo/file.bin'.
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        where = f"{filename} from https://huggingface.co/{repo}"
+    else:
+        filename = os.path.basename(cfg.get("url", "")) or "the checkpoint"
+        where = cfg.get("url", "the model's release page")
+    return (
+        f"could not download the {tag!r} weights of {model_name}. On a machine with internet, "
+        f"download {where}, copy it here and set DETECTION_PRETRAINED=/path/to/{filename}; "
+        f"or set DETECTION_PRETRAINED=none for random weights (tests only)"
+    )
+
+
+def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
+    import open_clip
+
+    model_name = _resolve_name(spec.name)
+    pretrained = _resolve_pretrained(model_name, spec.pretrained)
+    if spec.random_weights:
+        log.warning(
+            "DETECTION_PRETRAINED=none: %s has RANDOM weights; scores are meaningless "
+            "(use this for tests and benchmarks only)",
+            model_name,
+        )
+    try:
+        model, _, reference_transform = open_clip.create_model_and_transforms(
+            model_name,
+            pretrained=pretrained,
+            load_weights=not spec.random_weights,
+            device=device,
+            cache_dir=spec.cache_dir,
+        )
+        tokenizer = open_clip.get_tokenizer(model_name, cache_dir=spec.cache_dir)
+    except ModelLoadError:
+        raise
+    except RuntimeError as exc:
+        if "Failed to download" in str(exc) and pretrained is not None:
+            raise ModelLoadError(_download_hint(model_name, pretrained)) from None
+        raise ModelLoadError(f"could not load {model_name} ({spec.pretrained}): {exc}") from None
+    except Exception as exc:  # noqa: BLE001
+        # torch.load and state-dict loading raise many types for corrupt or foreign files.
+        raise ModelLoadError(
+            f"could not load {model_name} with DETECTION_PRETRAINED={spec.pretrained!r}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        ) from None
+
+    model.eval()
+    dtype = DTYPES[precision]
+    if dtype != torch.float32:
+        # Cast the whole model (not autocast): measured faster on CPU and the usual choice
+        # for inference on GPU.
+        model.to(dtype)
+    model.requires_grad_(False)
+
+    pp = model.visual.preprocess_cfg
+    size = pp["size"] if isinstance(pp["size"], (tuple, list)) else (pp["size"], pp["size"])
+    context_length = getattr(tokenizer, "context_length", None) or getattr(
+        model, "context_length", 77
+    )
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        preprocess=PreprocessConfig(
+            size=(int(size[0]), int(size[1])),
+            mean=tuple(float(m) for m in pp["mean"]),
+            std=tuple(float(s) for s in pp["std"]),
+            interpolation=pp.get("interpolation", "bicubic"),
+            resize_mode=pp.get("resize_mode", "shortest"),
+        ),
+        reference_transform=reference_transform,
+        device=device,
+        precision=precision,
+        dtype=dtype,
+        spec=spec,
+        model_logit_scale=float(model.logit_scale.float().exp().item()),
+        context_length=int(context_length),
+    )
+    log.info("loaded %s", loaded.describe())
+    return loaded

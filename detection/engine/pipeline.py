@@ -1,0 +1,163 @@
+"""Scoring a whole video file: decode in a background thread, score in batches."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .preprocess import fit_frame, to_tensor
+from .scoring import Scorer
+from .video import DEFAULT_BLACK_LEVEL, VideoReader, VideoStats
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate `items` in a background thread, `depth` items ahead.
+
+    OpenCV decoding and resizing release the GIL, so decoding the next batch overlaps with
+    the model scoring this one. Errors are re-raised in the consumer; a consumer that stops
+    early stops the producer too.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, not swallowed
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class ScoredFrame:
+    frame_index: int
+    time_s: float
+    score: float
+    normal: float
+    anomaly: float
+
+
+def _batches(
+    reader: VideoReader,
+    scorer: Scorer,
+    sampling_fps: float,
+    batch_size: int,
+    skip_black: bool,
+    black_level: float,
+    start_index: int,
+    on_progress: Callable[[VideoStats], None] | None,
+) -> Iterator[tuple[list[Any], Any]]:
+    frames = reader.frames(
+        sampling_fps,
+        start_index=start_index,
+        skip_black=skip_black,
+        black_level=black_level,
+        on_progress=on_progress,
+    )
+    batch: list[Any] = []
+    for frame in frames:
+        # Fit to model size in the decoder thread: the model thread gets small arrays.
+        batch.append((frame.index, frame.time_s, fit_frame(frame.image, scorer.loaded.preprocess)))
+        if len(batch) == batch_size:
+            yield batch, np.stack([b[2] for b in batch])
+            batch = []
+    if batch:
+        yield batch, np.stack([b[2] for b in batch])
+
+
+def score_video(
+    reader: VideoReader,
+    scorer: Scorer,
+    sampling_fps: float,
+    *,
+    batch_size: int = 16,
+    skip_black: bool = True,
+    black_level: float = DEFAULT_BLACK_LEVEL,
+    start_index: int = 0,
+    on_progress: Callable[[VideoStats], None] | None = None,
+) -> Iterator[list[ScoredFrame]]:
+    """Yield one list of scored frames per batch, in frame order."""
+    batches = _batches(
+        reader, scorer, sampling_fps, batch_size, skip_black, black_level, start_index, on_progress
+    )
+    for batch, pixels in prefetch(batches):
+        result = scorer.score_tensor(to_tensor(pixels, scorer.loaded))
+        yield [
+            ScoredFrame(idx, t, float(s), float(n), float(a))
+            for (idx, t, _), s, n, a in zip(
+                batch, result.score, result.normal, result.anomaly, strict=True
+            )
+        ]
+
+
+def summarize(frames: list[ScoredFrame], threshold: float) -> dict[str, Any]:
+    """The prototype's statistics over a scored time series."""
+    if not frames:
+        return {
+            "max_anomaly_score": None,
+            "max_anomaly_time": None,
+            "average_score": None,
+            "min_score": None,
+            "max_score": None,
+            "std_score": None,
+            "anomaly_threshold": threshold,
+            "is_anomaly_detected": False,
+            "frames_above_threshold": 0,
+        }
+    scores = np.array([f.score for f in frames])
+    peak = int(np.argmax(scores))
+    return {
+        "max_anomaly_score": float(scores[peak]),
+        "max_anomaly_time": frames[peak].time_s,
+        "max_anomaly_frame_index": frames[peak].frame_index,
+        "average_score": float(scores.mean()),
+        "min_score": float(scores.min()),
+        "max_score": float(scores.max()),
+        "std_score": float(scores.std()),
+        "anomaly_threshold": threshold,
+        "is_anomaly_detected": bool(scores.max() >= threshold),
+        "frames_above_threshold": int((scores >= threshold).sum()),
+    }
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

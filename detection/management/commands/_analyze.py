@@ -1,0 +1,108 @@
+"""What `analyze_image` and `analyze_video` share: prompt options, validation, output."""
+
+from __future__ import annotations
+
+import json
+import math
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+DEFAULT_NORMAL = "a photo of a normal, everyday scene"
+DEFAULT_ANOMALY = "a photo of an accident, a fire, a fight or another dangerous event"
+BAD_INPUT = 2  # exit status for anything the user can fix
+
+
+def bad_input(message: str) -> CommandError:
+    # One line, no traceback: Django prints "CommandError: <message>" and exits with it.
+    return CommandError(" ".join(str(message).split()), returncode=BAD_INPUT)
+
+
+def unit_interval(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise bad_input(f"{name} {value!r} is not a number") from None
+    if not (math.isfinite(number) and 0.0 < number < 1.0):
+        raise bad_input(f"{name} must lie strictly between 0 and 1, got {value}")
+    return number
+
+
+def positive(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise bad_input(f"{name} {value!r} is not a number") from None
+    if not (math.isfinite(number) and number > 0):
+        raise bad_input(f"{name} must be a positive number, got {value}")
+    return number
+
+
+class AnalyzeCommand(BaseCommand):
+    """Base for the two analysis commands; subclasses add their own arguments."""
+
+    # The model settings are checked when the model loads, with a one-line reason and exit
+    # status 2; the portal's system checks (multi-line, exit 1) are for `check`/`runserver`.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("path", help="file to analyse (its format is read from its content)")
+        parser.add_argument(
+            "--normal",
+            action="append",
+            metavar="TEXT",
+            help=f"what a normal frame shows; repeat for a prompt ensemble "
+            f"(default: {DEFAULT_NORMAL!r})",
+        )
+        parser.add_argument(
+            "--anomaly",
+            action="append",
+            metavar="TEXT",
+            help=f"what an anomaly looks like; repeat for an ensemble "
+            f"(default: {DEFAULT_ANOMALY!r})",
+        )
+        # Numbers are taken as text and checked in handle(), so a bad value gets the same
+        # one-line error and exit status as every other bad input.
+        parser.add_argument(
+            "--threshold",
+            default="0.6",
+            help="anomaly when the score is at or above this (default 0.6)",
+        )
+        parser.add_argument(
+            "--logit-scale",
+            default=None,
+            metavar="S",
+            help="fixed softmax scale (100 = the prototype); default: the "
+            "model's own, or DETECTION_LOGIT_SCALE",
+        )
+        parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+        parser.add_argument("--precision", default=None, help="auto, fp32, bf16 or fp16")
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    def prompts(self, options: dict[str, Any]) -> tuple[list[str], list[str]]:
+        normal = options["normal"] if options["normal"] is not None else [DEFAULT_NORMAL]
+        anomaly = options["anomaly"] if options["anomaly"] is not None else [DEFAULT_ANOMALY]
+        for label, prompts in (("--normal", normal), ("--anomaly", anomaly)):
+            if any(not p.strip() for p in prompts):
+                raise bad_input(f"{label} prompt is empty: describe what the frame shows")
+        return normal, anomaly
+
+    def common(self, options: dict[str, Any]) -> dict[str, Any]:
+        from detection import conf
+
+        scale = options["logit_scale"]
+        return {
+            "threshold": unit_interval(options["threshold"], "--threshold"),
+            "logit_scale": positive(scale, "--logit-scale") if scale is not None else None,
+            "spec": conf.model_spec(device=options["device"], precision=options["precision"]),
+        }
+
+    def finish(self, result: dict[str, Any], as_json: bool, summary: str) -> None:
+        if result["status"] != "Success":
+            raise bad_input(result["error_message"])
+        if result.get("random_weights") or result.get("metadata", {}).get("random_weights"):
+            self.stderr.write(
+                "warning: random weights (DETECTION_PRETRAINED=none): scores are meaningless"
+            )
+        self.stdout.write(json.dumps(result, indent=2) if as_json else summary)

@@ -1,0 +1,124 @@
+"""`manage.py analyze_image` / `analyze_video`, run as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.conftest import manage, scene
+
+
+def test_it_prints_a_video_analysis_as_json_with_progress_on_stderr(make_video, tiny_model):
+    path = make_video("street.mkv", frames=40, fps=10.0)
+    out = manage(
+        "analyze_video",
+        str(path),
+        "--normal",
+        "a street",
+        "--normal",
+        "a road",
+        "--anomaly",
+        "a fire",
+        "--fps",
+        "2",
+        "--json",
+        env=tiny_model.env,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)  # stdout holds the JSON and nothing else
+    assert result["status"] == "Success"
+    assert [d["frame_index"] for d in result["data"]] == [0, 5, 10, 15, 20, 25, 30, 35]
+    assert result["metadata"]["normal_prompts"] == ["a street", "a road"]
+    assert result["metadata"]["total_frames"] == 40
+    assert "decoding" in out.stderr and "40/40" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_it_prints_an_image_analysis_as_json(tmp_path, tiny_model):
+    path = tmp_path / "frame.webp"
+    cv2.imwrite(str(path), scene())
+    out = manage(
+        "analyze_image",
+        str(path),
+        "--anomaly",
+        "smoke",
+        "--threshold",
+        "0.3",
+        "--json",
+        env=tiny_model.env,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["label"] == ("Anomaly" if result["score"] >= 0.3 else "Normal")
+    assert result["anomaly_prompts"] == ["smoke"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "reason"),
+    [
+        ("empty", ["--fps", "1"], "the file is empty (0 bytes)"),
+        ("noise", [], "cannot be opened as a video"),
+        ("ok", ["--fps", "0"], "--fps must be a positive number, got 0"),
+        ("ok", ["--fps", "abc"], "--fps 'abc' is not a number"),
+        ("ok", ["--anomaly", "   "], "--anomaly prompt is empty"),
+        ("missing", [], "video file not found"),
+    ],
+)
+def test_it_exits_2_with_one_line_for_bad_input(
+    tmp_path, make_video, tiny_model, setup, args, reason
+):
+    path = tmp_path / "input.mp4"
+    if setup == "empty":
+        path.write_bytes(b"")
+    elif setup == "noise":
+        path.write_bytes(bytes(range(256)) * 100)
+    elif setup == "ok":
+        path = make_video("ok.avi", frames=5)
+    out = manage("analyze_video", str(path), *args, env=tiny_model.env)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [f"CommandError: {lines[0].removeprefix('CommandError: ')}"]
+    assert reason in lines[0]
+    assert out.stdout == ""
+
+
+def test_it_exits_2_when_the_weights_are_missing(make_video, tiny_model, tmp_path):
+    env = {**tiny_model.env, "DETECTION_PRETRAINED": str(tmp_path / "gone.pt")}
+    out = manage("analyze_video", str(make_video("ok.avi", frames=5)), env=env)
+    assert out.returncode == 2
+    assert "checkpoint file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.usefixtures("tiny_settings")
+def test_it_prints_a_readable_table_without_json(make_video, capsys):
+    call_command("analyze_video", str(make_video("t.avi", frames=30)), "--normal", "a street")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["time_s", "frame", "score", "label"]
+    assert "3 frames scored of 30 decoded (3.0 s)" in out
+
+
+@pytest.mark.usefixtures("tiny_settings")
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--threshold", "1"], "--threshold must lie strictly between 0 and 1"),
+        (["--threshold", "x"], "--threshold 'x' is not a number"),
+        (["--logit-scale", "-3"], "--logit-scale must be a positive number"),
+        (["--batch-size", "0"], "--batch-size must be a positive number"),
+    ],
+)
+def test_it_refuses_bad_numbers(make_video, args, reason):
+    with pytest.raises(CommandError, match=reason) as err:
+        call_command("analyze_video", str(make_video("n.avi", frames=5)), *args)
+    assert err.value.returncode == 2
+
+
+@pytest.mark.usefixtures("tiny_settings")
+def test_it_refuses_an_image_that_is_not_one(tmp_path):
+    path = tmp_path / "fake.jpg"
+    path.write_bytes(b"GIF89a but not really")
+    with pytest.raises(CommandError, match=r"fake\.jpg: not an image format that can be read"):
+        call_command("analyze_image", str(path))
