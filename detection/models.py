@@ -1,3 +1,206 @@
-"""Analysis, FrameScore and Incident models arrive with the detection issue."""
+"""Analyses, their scores and incidents.
+
+FrameScore rows are the record: every stored score, unique per (analysis, frame index) so
+the worker's writes are idempotent. Pages and the channel layer read from them.
+"""
 
 from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.urls import reverse
+
+from cameras.models import Camera
+
+from . import validators
+
+
+class Analysis(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        STOPPED = "stopped", "Stopped"
+
+    camera = models.ForeignKey(Camera, on_delete=models.CASCADE, related_name="analyses")
+    name = models.CharField(max_length=120)
+    normal_prompts = models.TextField(
+        validators=[validators.prompt_lines],
+        help_text="What a normal frame shows; one prompt per line (an ensemble).",
+    )
+    anomaly_prompts = models.TextField(
+        validators=[validators.prompt_lines],
+        help_text="What an anomaly looks like; one prompt per line (an ensemble).",
+    )
+    threshold = models.FloatField(
+        default=0.6,
+        validators=[validators.open_unit_interval],
+        help_text="A frame is anomalous when its score is at or above this (0-1).",
+    )
+    sampling_fps = models.FloatField(
+        default=1.0, validators=[validators.sampling_fps], help_text="Frames scored per second."
+    )
+    window_size = models.PositiveSmallIntegerField(
+        default=60,
+        validators=[MinValueValidator(5), MaxValueValidator(1000)],
+        help_text="Scores kept on the live chart.",
+    )
+    smoothing_window = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(60)],
+        help_text="Moving average over this many scores before the threshold; 1 = off.",
+    )
+    incident_open_frames = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Consecutive frames at or above the threshold that open an incident.",
+    )
+    incident_close_frames = models.PositiveSmallIntegerField(
+        default=5,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Consecutive frames below threshold - hysteresis that close it.",
+    )
+    hysteresis = models.FloatField(
+        default=0.05,
+        validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="How far below the threshold a score must fall to count towards closing.",
+    )
+    localize = models.BooleanField(
+        default=False, help_text="On anomalous frames, find the most anomalous 4x4 grid cell."
+    )
+    skip_black_frames = models.BooleanField(default=True)
+    motion_gating = models.BooleanField(
+        default=True, help_text="Live cameras: skip scoring frames that did not change."
+    )
+    rescore_interval_s = models.FloatField(
+        default=3.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
+        help_text="With motion gating, score at least this often (seconds) anyway.",
+    )
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    progress = models.FloatField(
+        default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    error_message = models.TextField(blank=True)
+
+    # The worker's lease: who holds the analysis, when it last said so, when it lapses.
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="analyses",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Summaries kept current by the worker, so lists never aggregate FrameScore.
+    frames_scored = models.PositiveIntegerField(default=0)
+    last_frame_index = models.BigIntegerField(null=True, blank=True)
+    last_score = models.FloatField(null=True, blank=True)
+    peak_score = models.FloatField(null=True, blank=True)
+    peak_time_s = models.FloatField(null=True, blank=True)
+    average_score = models.FloatField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "analyses"
+        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.camera})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("detection:analysis", args=[self.pk])
+
+    def prompt_list(self, which: str) -> list[str]:
+        text = self.normal_prompts if which == "normal" else self.anomaly_prompts
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    @property
+    def is_anomalous(self) -> bool | None:
+        return None if self.last_score is None else self.last_score >= self.threshold
+
+
+class FrameScore(models.Model):
+    analysis = models.ForeignKey(Analysis, on_delete=models.CASCADE, related_name="scores")
+    frame_index = models.BigIntegerField()
+    time_s = models.FloatField(help_text="Seconds from the start of the video or stream.")
+    captured_at = models.DateTimeField(null=True, blank=True, help_text="Wall time (live).")
+    score = models.FloatField()
+    normal_similarity = models.FloatField()
+    anomaly_similarity = models.FloatField()
+    # The most anomalous grid cell, in pixels of the frame (localisation only).
+    box_x0 = models.PositiveIntegerField(null=True, blank=True)
+    box_y0 = models.PositiveIntegerField(null=True, blank=True)
+    box_x1 = models.PositiveIntegerField(null=True, blank=True)
+    box_y1 = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["analysis", "frame_index"]
+        constraints = [
+            # Also the index for "the last N scores of an analysis" (scanned backwards).
+            models.UniqueConstraint(
+                fields=["analysis", "frame_index"], name="framescore_unique_frame"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["analysis", "time_s"], name="framescore_time"),
+            models.Index(fields=["analysis", "captured_at"], name="framescore_captured"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.analysis_id}#{self.frame_index}: {self.score:.3f}"
+
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        if self.box_x0 is None:
+            return None
+        return (self.box_x0, self.box_y0, self.box_x1, self.box_y1)
+
+
+class Incident(models.Model):
+    analysis = models.ForeignKey(Analysis, on_delete=models.CASCADE, related_name="incidents")
+    start_time_s = models.FloatField()
+    end_time_s = models.FloatField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    peak_score = models.FloatField()
+    peak_time_s = models.FloatField()
+    peak_frame_index = models.BigIntegerField(null=True, blank=True)
+    thumbnail = models.ImageField(upload_to="incidents/%Y/%m/%d/", blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="acknowledged_incidents",
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["analysis", "-started_at"], name="incident_recent")]
+
+    def __str__(self) -> str:
+        return f"Incident {self.pk} on {self.analysis}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.end_time_s is None
+
+    @property
+    def is_acknowledged(self) -> bool:
+        return self.acknowledged_at is not None

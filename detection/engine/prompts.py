@@ -13,11 +13,11 @@ from collections.abc import Iterable
 import torch
 
 from .errors import PromptError
+from .limits import MAX_PROMPTS_PER_CLASS
 from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
-MAX_PROMPTS_PER_CLASS = 64
 
 Prompts = str | Iterable[str]
 

@@ -42,6 +42,18 @@ def compute_anomaly_scores(
     return weights[..., 1] / weights.sum(axis=-1)
 
 
+def encode_images(loaded: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    """L2-normalised fp32 image embeddings of a preprocessed batch.
+
+    Separate from scoring so one forward pass can serve frames of several analyses, each
+    then compared with its own prompts (the worker batches across cameras).
+    """
+    with torch.inference_mode():
+        features = loaded.model.encode_image(pixels).float()
+        # Normalise in fp32: a bf16 norm costs accuracy for nothing.
+        return features / features.norm(dim=-1, keepdim=True)
+
+
 @dataclass(frozen=True)
 class ScoreBatch:
     normal: np.ndarray  # cosine similarity to the normal class, per image
@@ -87,10 +99,11 @@ class Scorer:
 
     def score_tensor(self, pixels: torch.Tensor) -> ScoreBatch:
         """Score a preprocessed (N, 3, H, W) batch."""
+        return self.score_features(encode_images(self.loaded, pixels))
+
+    def score_features(self, features: torch.Tensor) -> ScoreBatch:
+        """Score normalised image embeddings (from `encode_images`, possibly shared)."""
         with torch.inference_mode():
-            features = self.loaded.model.encode_image(pixels).float()
-            # Normalise in fp32: a bf16 norm costs accuracy for nothing.
-            features = features / features.norm(dim=-1, keepdim=True)
             sims = (features @ self.text.T).cpu().numpy().astype(np.float64)
         normal, anomaly = sims[:, 0], sims[:, 1]
         return ScoreBatch(

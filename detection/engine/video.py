@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 
 from .errors import MediaError
+from .limits import MAX_SAMPLING_FPS
 from .media import image_kind, require_nonempty_file, sniff
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
-MAX_SAMPLING_FPS = 120.0
 ASSUMED_FPS = 25.0
 DEFAULT_BLACK_LEVEL = 10.0  # mean intensity (0-255) under which a frame counts as black
 

@@ -1,0 +1,90 @@
+"""Validation of camera sources: what each kind of camera may point at.
+
+File cameras may only read inside the directories the operator allowed
+(`DETECTION_VIDEO_DIRS`, MEDIA_ROOT); streams only speak rtsp/rtsps/http/https. These rules
+are also re-applied by the worker when it opens a source, so a symlink swapped after
+validation does not widen access.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+MAX_WEBCAM_INDEX = 63
+
+_url_validator = URLValidator(schemes=list(STREAM_SCHEMES))
+
+
+def allowed_video_dirs() -> list[Path]:
+    dirs = [*settings.DETECTION_VIDEO_DIRS, settings.MEDIA_ROOT]
+    return [Path(os.path.realpath(d)) for d in dirs]
+
+
+def webcam_index(source: str) -> int:
+    text = source.strip()
+    if not text.lstrip("-").isdigit():
+        raise ValidationError(
+            "A webcam source is a device index such as 0 or 1, not %(value)r.",
+            code="webcam_index", params={"value": source},
+        )
+    index = int(text)
+    if index < 0:
+        raise ValidationError("A webcam device index cannot be negative.", code="webcam_index")
+    if index > MAX_WEBCAM_INDEX:
+        raise ValidationError(
+            "Webcam device index %(value)s is above %(max)s.",
+            code="webcam_index", params={"value": index, "max": MAX_WEBCAM_INDEX},
+        )
+    return index
+
+
+def stream_url(source: str) -> str:
+    url = source.strip()
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in STREAM_SCHEMES:
+        raise ValidationError(
+            "Stream URLs must use rtsp, rtsps, http or https, not %(scheme)r.",
+            code="stream_scheme", params={"scheme": scheme or "(none)"},
+        )
+    try:
+        _url_validator(url)
+    except ValidationError:
+        raise ValidationError(
+            "%(value)r is not a valid stream URL.", code="stream_url", params={"value": url}
+        ) from None
+    return url
+
+
+def video_path(source: str, allowed: Iterable[Path] | None = None) -> Path:
+    """The real path of a file camera's video, if it lies inside an allowed directory."""
+    text = source.strip()
+    if not text or "\x00" in text:
+        raise ValidationError("Give the absolute path of a video file.", code="file_path")
+    path = Path(text)
+    if not path.is_absolute():
+        raise ValidationError(
+            "%(value)s is not an absolute path.", code="file_path", params={"value": text}
+        )
+    # realpath resolves '..' and every symlink, so the check is on where the bytes really are.
+    real = Path(os.path.realpath(path))
+    dirs = list(allowed) if allowed is not None else allowed_video_dirs()
+    if not any(real == d or real.is_relative_to(d) for d in dirs):
+        raise ValidationError(
+            "%(value)s is outside the directories video files may be read from "
+            "(DETECTION_VIDEO_DIRS: %(dirs)s).",
+            code="file_outside", params={"value": text, "dirs": ", ".join(map(str, dirs))},
+        )
+    if not real.is_file():
+        raise ValidationError(
+            "%(value)s does not exist or is not a file.", code="file_missing",
+            params={"value": text},
+        )
+    return real
