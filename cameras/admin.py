@@ -1,3 +1,108 @@
-"""Camera admin arrives with the Camera model."""
+"""Camera admin: where operators register sources and share them with viewers.
+
+Source validation lives in `Camera.clean()`; the admin's ModelForm runs `full_clean()`, so a
+bad URL, path or device index comes back as an error on the `source` field.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from detection.models import Analysis
+
+from .models import Camera
+
+# One place for the site's branding; the admin is the operators' console.
+admin.site.site_header = "clipwatch administration"
+admin.site.site_title = "clipwatch administration"
+admin.site.index_title = "Cameras, analyses and incidents"
+
+
+class AnalysisInline(admin.TabularInline):
+    """The camera's analyses at a glance; they are created and run from their own admin.
+
+    Adding here is off on purpose: prompts are required and do not fit a table row, and
+    deleting here would drop every stored score without the confirmation page.
+    """
+
+    model = Analysis
+    fields = ("name", "status", "threshold", "sampling_fps", "admin_link")
+    readonly_fields = ("status", "admin_link")
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("-created_at", "-id")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Analysis")
+    def admin_link(self, obj: Analysis) -> str:
+        if obj.pk is None:
+            return "-"
+        url = reverse("admin:detection_analysis_change", args=[obj.pk])
+        return format_html('<a href="{}">Open analysis #{}</a>', url, obj.pk)
+
+
+@admin.register(Camera)
+class CameraAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "status", "enabled", "last_frame_at", "analysis_count")
+    list_filter = ("kind", "status", "enabled")
+    search_fields = ("name", "source", "description")
+    filter_horizontal = ("viewers", "viewer_groups")
+    readonly_fields = (
+        "status",
+        "status_changed_at",
+        "last_frame_at",
+        "last_error",
+        "reconnect_count",
+        "created_by",
+        "created_at",
+        "updated_at",
+    )
+    fieldsets = (
+        ("Source", {"fields": ("name", "kind", "source", "enabled", "description")}),
+        (
+            "Sharing",
+            {
+                "fields": ("viewers", "viewer_groups"),
+                "description": "Superusers and members of the operators group see every "
+                "camera; other users see it only when listed here, directly or by group.",
+            },
+        ),
+        (
+            "Status",
+            {
+                # Filled by the detection worker; shown for diagnosis, never edited.
+                "fields": (
+                    "status",
+                    "status_changed_at",
+                    "last_frame_at",
+                    "last_error",
+                    "reconnect_count",
+                    "created_by",
+                    "created_at",
+                    "updated_at",
+                ),
+            },
+        ),
+    )
+    inlines = (AnalysisInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Camera]:
+        return super().get_queryset(request).annotate(_analysis_count=Count("analyses"))
+
+    @admin.display(description="Analyses", ordering="_analysis_count")
+    def analysis_count(self, obj: Camera) -> int:
+        return getattr(obj, "_analysis_count", 0)
+
+    def save_model(self, request: HttpRequest, obj: Camera, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)

@@ -26,7 +26,7 @@ def test_it_serves_the_login_page(client):
 def test_it_serves_the_admin_login_page(client):
     response = client.get("/admin/login/")
     assert response.status_code == 200
-    assert b"Django administration" in response.content
+    assert b"clipwatch administration" in response.content
 
 
 @pytest.mark.django_db
