@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The detection worker (manage.py run_detector) joins `run` in a later issue.
+# The portal and one detection worker; Ctrl-C stops both (detection/.../run_portal.py).
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py ensure_admin
-	$(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(BIN)/python manage.py run_portal 127.0.0.1:8000
 
 bench: install
 	@echo "No benchmark yet: 'make bench' arrives with issue 6 (pipeline throughput vs the prototype)."

@@ -153,3 +153,29 @@ def manage(*args: str, env: dict[str, str], timeout: float = 180):
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix,  # noqa: ANN001
+                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A file-backed SQLite test database, so worker subprocesses can share it."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
+@pytest.fixture
+def subprocess_env(tiny_model: TinyModel, settings) -> dict[str, str]:  # noqa: ANN001
+    """Environment for manage.py subprocesses that share the test database and settings."""
+    from django.db import connection
+
+    env = dict(tiny_model.env)
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
+    env["DETECTION_VIDEO_DIRS"] = ":".join(str(d) for d in settings.DETECTION_VIDEO_DIRS)
+    env["DJANGO_LOG_LEVEL"] = "INFO"
+    return env

@@ -1,0 +1,196 @@
+"""Storing what the worker scored: scores, summaries, incidents, in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import cv2
+import numpy as np
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from .engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
+from .engine.scoring import Box
+from .live import Publisher
+from .models import Analysis, FrameScore, Incident
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_WIDTH = 640
+
+
+@dataclass
+class ScoredItem:
+    frame_index: int
+    time_s: float
+    captured_at: datetime | None
+    score: float
+    normal: float
+    anomaly: float
+    image: np.ndarray  # the original BGR frame, for incident thumbnails
+    box: Box | None = None
+
+
+def thumbnail_jpeg(image: np.ndarray, box: Box | None) -> bytes:
+    frame = image.copy()
+    if box is not None:
+        thickness = max(2, frame.shape[1] // 200)
+        cv2.rectangle(frame, (box.x0, box.y0), (box.x1 - 1, box.y1 - 1), (0, 0, 255), thickness)
+    if frame.shape[1] > THUMBNAIL_WIDTH:
+        height = round(frame.shape[0] * THUMBNAIL_WIDTH / frame.shape[1])
+        frame = cv2.resize(frame, (THUMBNAIL_WIDTH, height), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return data.tobytes() if ok else b""
+
+
+class Recorder:
+    """Everything the worker stores for one analysis, with its incident state."""
+
+    def __init__(self, analysis: Analysis, publisher: Publisher) -> None:
+        self.analysis = analysis
+        self.publisher = publisher
+        self.smoother = Smoother(analysis.smoothing_window)
+        self.tracker = IncidentTracker(
+            threshold=analysis.threshold,
+            hysteresis=analysis.hysteresis,
+            open_after=analysis.incident_open_frames,
+            close_after=analysis.incident_close_frames,
+        )
+        # A resumed analysis picks up its open incident instead of opening a second one.
+        self.incident = analysis.incidents.filter(end_time_s__isnull=True).order_by("-pk").first()
+        if self.incident is not None:
+            self.tracker.current = OpenIncident(
+                start_time_s=self.incident.start_time_s,
+                start_frame_index=-1,
+                peak_score=self.incident.peak_score,
+                peak_time_s=self.incident.peak_time_s,
+                peak_frame_index=self.incident.peak_frame_index or -1,
+            )
+
+    def store(self, items: list[ScoredItem]) -> None:
+        if not items:
+            return
+        a = self.analysis
+        events: list[tuple[IncidentEvent, ScoredItem]] = []
+        for item in items:
+            smoothed = self.smoother(item.score)
+            events += [
+                (e, item) for e in self.tracker.feed(smoothed, item.time_s, item.frame_index)
+            ]
+        rows = [
+            FrameScore(
+                analysis_id=a.pk,
+                frame_index=i.frame_index,
+                time_s=i.time_s,
+                captured_at=i.captured_at,
+                score=i.score,
+                normal_similarity=i.normal,
+                anomaly_similarity=i.anomaly,
+                box_x0=i.box.x0 if i.box else None,
+                box_y0=i.box.y0 if i.box else None,
+                box_x1=i.box.x1 if i.box else None,
+                box_y1=i.box.y1 if i.box else None,
+            )
+            for i in items
+        ]
+        previous = a.frames_scored
+        total = previous + len(items)
+        batch_sum = sum(i.score for i in items)
+        a.average_score = ((a.average_score or 0.0) * previous + batch_sum) / total
+        a.frames_scored = total
+        peak = max(items, key=lambda i: i.score)
+        if a.peak_score is None or peak.score > a.peak_score:
+            a.peak_score, a.peak_time_s = peak.score, peak.time_s
+        a.last_score, a.last_frame_index = items[-1].score, items[-1].frame_index
+        fields = [
+            "average_score",
+            "frames_scored",
+            "peak_score",
+            "peak_time_s",
+            "last_score",
+            "last_frame_index",
+            "updated_at",
+        ]
+        with transaction.atomic():
+            # ignore_conflicts: a batch retried after a crash between commit and
+            # acknowledgement stores nothing twice (unique analysis + frame_index).
+            FrameScore.objects.bulk_create(rows, ignore_conflicts=True)
+            a.save(update_fields=fields)
+            changed = [self._apply(event, item) for event, item in events]
+        for item in items:
+            self.publisher.publish(
+                a.pk,
+                "score",
+                {
+                    "frame_index": item.frame_index,
+                    "time_s": item.time_s,
+                    "captured_at": item.captured_at.isoformat() if item.captured_at else None,
+                    "score": item.score,
+                    "normal": item.normal,
+                    "anomaly": item.anomaly,
+                    "threshold": a.threshold,
+                },
+            )
+        for incident in filter(None, changed):
+            self.publisher.publish(a.pk, "incident", incident_payload(incident))
+
+    def _apply(self, event: IncidentEvent, item: ScoredItem) -> Incident | None:
+        state = event.incident
+        at = item.captured_at or timezone.now()
+        if event.kind == "opened":
+            started = at - timedelta(seconds=max(0.0, item.time_s - state.start_time_s))
+            self.incident = Incident.objects.create(
+                analysis=self.analysis,
+                start_time_s=state.start_time_s,
+                started_at=started,
+                peak_score=state.peak_score,
+                peak_time_s=state.peak_time_s,
+                peak_frame_index=state.peak_frame_index,
+            )
+            self._thumbnail(item)
+            return self.incident
+        if self.incident is None:
+            return None
+        if event.kind == "peak":
+            self.incident.peak_score, self.incident.peak_time_s = (
+                state.peak_score,
+                state.peak_time_s,
+            )
+            self.incident.peak_frame_index = state.peak_frame_index
+            self.incident.save(update_fields=["peak_score", "peak_time_s", "peak_frame_index"])
+            self._thumbnail(item)
+            return None
+        self.incident.end_time_s, self.incident.ended_at = item.time_s, at
+        self.incident.save(update_fields=["end_time_s", "ended_at"])
+        closed, self.incident = self.incident, None
+        return closed
+
+    def _thumbnail(self, item: ScoredItem) -> None:
+        assert self.incident is not None
+        data = thumbnail_jpeg(item.image, item.box)
+        if data:
+            if self.incident.thumbnail:
+                self.incident.thumbnail.delete(save=False)
+            self.incident.thumbnail.save(f"incident-{self.incident.pk}.jpg", ContentFile(data))
+
+    def close_open_incident(self, time_s: float) -> None:
+        """A file ended while an incident was open: it ends with the file."""
+        if self.incident is not None:
+            self.incident.end_time_s, self.incident.ended_at = time_s, timezone.now()
+            self.incident.save(update_fields=["end_time_s", "ended_at"])
+            self.publisher.publish(self.analysis.pk, "incident", incident_payload(self.incident))
+            self.incident = None
+
+
+def incident_payload(incident: Incident) -> dict[str, object]:
+    return {
+        "id": incident.pk,
+        "start_time_s": incident.start_time_s,
+        "end_time_s": incident.end_time_s,
+        "peak_score": incident.peak_score,
+        "peak_time_s": incident.peak_time_s,
+        "open": incident.is_open,
+    }

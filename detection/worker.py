@@ -1,0 +1,501 @@
+"""The detection worker: claims analyses, reads frames, scores them in batches, stores.
+
+One process serves many analyses. Frames from every claimed analysis are gathered into one
+batch per model forward pass (each analysis then compares the shared image embeddings with
+its own prompts), stored in one transaction per analysis, and published best effort.
+
+The loop is made of small steps that report whether they did work (healthchecks'
+`sendalerts` style), so tests drive them one by one: `claim_step`, `heartbeat_step`,
+`gather_step`, `score_step`, `finish_step`. Signals only set a flag; the batch in flight is
+finished and stored before the leases are released.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.db import DatabaseError, close_old_connections, connection
+from django.utils import timezone
+
+from cameras.models import Camera
+
+from . import conf, leases
+from .engine import EngineError, LoadedModel, Scorer, VideoReader, load_model
+from .engine.motion import MotionGate
+from .engine.pipeline import prefetch, summarize
+from .engine.preprocess import fit_frame, to_tensor
+from .engine.scoring import encode_images
+from .live import ChannelPublisher, Publisher
+from .models import Analysis, FrameScore
+from .recording import Recorder, ScoredItem
+
+log = logging.getLogger(__name__)
+
+Status = Analysis.Status
+POLL_SECONDS = 2.0
+MAX_JOBS = 16
+
+
+@dataclass
+class Pending:
+    """A frame waiting for the next forward pass."""
+
+    job: Job
+    frame_index: int
+    time_s: float
+    captured_at: Any
+    image: np.ndarray
+    fitted: np.ndarray
+
+
+@dataclass(eq=False)
+class Job:
+    analysis: Analysis
+    scorer: Scorer
+    recorder: Recorder
+    done: bool = False
+
+    @property
+    def pk(self) -> int:
+        return self.analysis.pk
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class FileJob(Job):
+    reader: VideoReader | None = None
+    frames: Iterator[Any] | None = None
+
+    def close(self) -> None:
+        if self.frames is not None:
+            self.frames.close()  # type: ignore[attr-defined]
+        if self.reader is not None:
+            self.reader.close()
+
+
+@dataclass(eq=False)
+class LiveJob(Job):
+    source: Any = None  # cameras.sources.LiveSource
+    gate: MotionGate | None = None
+    interval: float = 1.0
+    next_due: float = 0.0
+    next_index: int = 0
+    camera_status: str = ""
+    last_frame_saved: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        once: bool = False,
+        analysis_id: int | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+        publisher: Publisher | None = None,
+        poll_seconds: float = POLL_SECONDS,
+        max_jobs: int = MAX_JOBS,
+    ) -> None:
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.once = once
+        self.analysis_id = analysis_id
+        self.spec = conf.model_spec(device=device)
+        self.batch_size = batch_size or conf.batch_size()
+        self.publisher = publisher or ChannelPublisher()
+        self.poll_seconds = poll_seconds
+        self.max_jobs = max_jobs
+        self.jobs: dict[int, Job] = {}
+        self.stopping = False
+        self._signals = 0
+        self._next_poll = 0.0
+        self._next_heartbeat = 0.0
+        self._model: LoadedModel | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting at once")
+            os._exit(1)
+        log.info("signal %s: finishing the batch in flight, then releasing leases", signum)
+        self.stopping = True
+
+    def run(self) -> None:
+        log.info("worker %s started (%s)", self.owner, "once" if self.once else "service")
+        while not self.stopping:
+            try:
+                did = self.tick()
+            except DatabaseError as exc:
+                # The database went away (restart, failover): nothing was acknowledged,
+                # the batch is re-read from the last stored frame after reconnecting.
+                log.warning("database error, retrying in %.0f s: %s", self.poll_seconds, exc)
+                _refresh_connections()
+                self._sleep(self.poll_seconds)
+                continue
+            if self.once and not self.jobs and not did:
+                break
+            if not did:
+                self._sleep(self._idle_wait())
+        self.shutdown()
+
+    def tick(self) -> bool:
+        now = time.monotonic()
+        did = False
+        if now >= self._next_poll or (self.once and not self.jobs):
+            self._next_poll = now + self.poll_seconds
+            did |= self.claim_step()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + leases.lease_seconds() / 3
+            self.heartbeat_step()
+        pending = self.gather_step()
+        if pending:
+            self.score_step(pending)
+            did = True
+        did |= self.finish_step()
+        self.camera_status_step()
+        return did
+
+    def shutdown(self) -> None:
+        """Release every lease as resumable (queued): another worker or a restart resumes."""
+        for job in list(self.jobs.values()):
+            self._drop(job, Status.QUEUED)
+        log.info("worker %s stopped", self.owner)
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+    def _idle_wait(self) -> float:
+        live = [j.next_due for j in self.jobs.values() if isinstance(j, LiveJob)]
+        wait = min(live) - time.monotonic() if live else self.poll_seconds
+        return min(max(wait, 0.01), 0.25 if live else self.poll_seconds)
+
+    # --- steps -----------------------------------------------------------------------
+
+    def claim_step(self) -> bool:
+        _refresh_connections()
+        claimed = leases.claim(
+            self.owner,
+            limit=self.max_jobs - len(self.jobs),
+            include_live=not self.once,
+            only_id=self.analysis_id,
+        )
+        for analysis in claimed:
+            self._start(analysis)
+        return bool(claimed)
+
+    def heartbeat_step(self) -> None:
+        held = leases.renew(self.owner, list(self.jobs))
+        for pk in set(self.jobs) - held:
+            # Stopped by an operator or re-run: stop writing without touching its status.
+            log.info("analysis %s: lease lost (stopped or taken over); dropping it", pk)
+            self.jobs.pop(pk).close()
+
+    def gather_step(self) -> list[Pending]:
+        """Up to one batch of frames, shared fairly between the claimed analyses."""
+        pending: list[Pending] = []
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if isinstance(job, LiveJob) and not job.done and now >= job.next_due:
+                job.next_due = max(job.next_due + job.interval, now)
+                item = self._live_frame(job)
+                if item is not None:
+                    pending.append(item)
+        files = [j for j in self.jobs.values() if isinstance(j, FileJob) and not j.done]
+        if files:
+            share = max(1, math.ceil((self.batch_size - len(pending)) / len(files)))
+            for job in files:
+                pending += self._file_frames(job, share)
+        return pending
+
+    def score_step(self, pending: list[Pending]) -> None:
+        model = self._model
+        assert model is not None
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            features = encode_images(model, to_tensor([p.fitted for p in chunk], model))
+            by_job: dict[int, list[int]] = {}
+            for row, p in enumerate(chunk):
+                by_job.setdefault(p.job.pk, []).append(row)
+            for rows in by_job.values():
+                job = chunk[rows[0]].job
+                if job.pk not in self.jobs:
+                    continue  # dropped while this batch was in flight
+                result = job.scorer.score_features(features[rows])
+                items = []
+                for k, row in enumerate(rows):
+                    p = chunk[row]
+                    score = float(result.score[k])
+                    box = None
+                    if job.analysis.localize and score >= job.analysis.threshold:
+                        box = job.scorer.localize(p.image)
+                    items.append(
+                        ScoredItem(
+                            frame_index=p.frame_index,
+                            time_s=p.time_s,
+                            captured_at=p.captured_at,
+                            score=score,
+                            normal=float(result.normal[k]),
+                            anomaly=float(result.anomaly[k]),
+                            image=p.image,
+                            box=box,
+                        )
+                    )
+                self._store(job, items)
+
+    def finish_step(self) -> bool:
+        finished = [j for j in self.jobs.values() if isinstance(j, FileJob) and j.done]
+        for job in finished:
+            self._complete(job)
+        return bool(finished)
+
+    def camera_status_step(self) -> None:
+        for job in self.jobs.values():
+            if not isinstance(job, LiveJob):
+                continue
+            status = str(job.source.status)
+            if status != job.camera_status:
+                job.camera_status = status
+                camera = job.analysis.camera
+                camera.reconnect_count = job.source.reconnects
+                camera.status = status
+                camera.last_error = job.source.last_error or ""
+                camera.status_changed_at = timezone.now()
+                camera.save(
+                    update_fields=[
+                        "status",
+                        "last_error",
+                        "status_changed_at",
+                        "reconnect_count",
+                        "updated_at",
+                    ]
+                )
+                self.publisher.publish(
+                    job.pk,
+                    "status",
+                    {
+                        "camera_status": status,
+                        "last_error": camera.last_error,
+                        "status": job.analysis.status,
+                    },
+                )
+
+    # --- jobs ------------------------------------------------------------------------
+
+    def _start(self, analysis: Analysis) -> None:
+        try:
+            model = self._load_model()
+            scorer = Scorer(
+                model, analysis.normal_prompts, analysis.anomaly_prompts, conf.logit_scale()
+            )
+            recorder = Recorder(analysis, self.publisher)
+            if analysis.camera.kind == Camera.Kind.FILE:
+                job: Job = self._start_file(analysis, scorer, recorder)
+            else:
+                job = self._start_live(analysis, scorer, recorder)
+        except (EngineError, ValueError) as exc:
+            self._fail(analysis.pk, str(exc))
+            return
+        self.jobs[analysis.pk] = job
+        log.info("analysis %s (%s): started by %s", analysis.pk, analysis.camera.kind, self.owner)
+        self.publisher.publish(analysis.pk, "status", {"status": Status.RUNNING})
+
+    def _load_model(self) -> LoadedModel:
+        if self._model is None:
+            self._model = load_model(self.spec)
+        return self._model
+
+    def _start_file(self, analysis: Analysis, scorer: Scorer, recorder: Recorder) -> FileJob:
+        from django.core.exceptions import ValidationError
+
+        from cameras import validators
+
+        try:
+            path = validators.video_path(analysis.camera.source)
+        except ValidationError as exc:
+            raise EngineError(f"{analysis.camera.source}: {' '.join(exc.messages)}") from None
+        reader = VideoReader(path)
+        last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
+        start = last.frame_index + 1 if last else 0
+        preprocess = scorer.loaded.preprocess
+
+        def frames() -> Iterator[tuple[Any, np.ndarray]]:
+            for f in reader.frames(
+                analysis.sampling_fps, start_index=start, skip_black=analysis.skip_black_frames
+            ):
+                yield f, fit_frame(f.image, preprocess)
+
+        job = FileJob(
+            analysis,
+            scorer,
+            recorder,
+            reader=reader,
+            frames=prefetch(frames(), depth=2 * self.batch_size),
+        )
+        return job
+
+    def _start_live(self, analysis: Analysis, scorer: Scorer, recorder: Recorder) -> LiveJob:
+        from cameras.sources import open_source
+
+        camera = analysis.camera
+        source = open_source(camera.kind, camera.source)
+        source.start()
+        last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
+        gate = (
+            MotionGate(rescore_interval_s=analysis.rescore_interval_s)
+            if analysis.motion_gating
+            else None
+        )
+        return LiveJob(
+            analysis,
+            scorer,
+            recorder,
+            source=source,
+            gate=gate,
+            interval=1.0 / analysis.sampling_fps,
+            next_due=time.monotonic(),
+            next_index=last.frame_index + 1 if last else 0,
+        )
+
+    def _file_frames(self, job: FileJob, count: int) -> list[Pending]:
+        out = []
+        assert job.frames is not None
+        try:
+            for _ in range(count):
+                frame, fitted = next(job.frames)
+                out.append(Pending(job, frame.index, frame.time_s, None, frame.image, fitted))
+        except StopIteration:
+            job.done = True
+        except EngineError as exc:
+            # Undecodable from the start or mid-file: this analysis fails alone.
+            self._drop(job, Status.FAILED, error_message=str(exc), finished_at=timezone.now())
+            return []
+        return out
+
+    def _live_frame(self, job: LiveJob) -> Pending | None:
+        frame = job.source.latest(0)
+        if frame is None:
+            return None
+        started = job.analysis.started_at or timezone.now()
+        time_s = max(0.0, (frame.captured_at - started).total_seconds())
+        if job.gate is not None and not job.gate.should_score(frame.image, time_s):
+            return None
+        index, job.next_index = job.next_index, job.next_index + 1
+        return Pending(
+            job,
+            index,
+            time_s,
+            frame.captured_at,
+            frame.image,
+            fit_frame(frame.image, job.scorer.loaded.preprocess),
+        )
+
+    def _store(self, job: Job, items: list[ScoredItem]) -> None:
+        job.recorder.store(items)
+        if isinstance(job, FileJob) and job.reader is not None:
+            stats = job.reader.stats
+            if stats.header_frames:
+                progress = min(0.999, stats.frames_decoded / stats.header_frames)
+                Analysis.objects.filter(pk=job.pk).update(progress=progress)
+                self.publisher.publish(job.pk, "progress", {"progress": progress})
+        elif isinstance(job, LiveJob) and time.monotonic() - job.last_frame_saved > 5:
+            job.last_frame_saved = time.monotonic()
+            Camera.objects.filter(pk=job.analysis.camera_id).update(last_frame_at=timezone.now())
+
+    def _complete(self, job: FileJob) -> None:
+        assert job.reader is not None
+        stats = job.reader.stats
+        job.recorder.close_open_incident(stats.total_seconds)
+        scores = list(FrameScore.objects.filter(analysis_id=job.pk).order_by("frame_index"))
+        summary = summarize([_as_scored(s) for s in scores], job.analysis.threshold)
+        metadata = {
+            "total_frames": stats.frames_decoded,
+            "total_seconds": stats.total_seconds,
+            **summary,
+            "frames_scored": len(scores),
+            "fps": stats.fps,
+            "fps_source": stats.fps_source,
+            "header_fps": stats.header_fps,
+            "header_frames": stats.header_frames,
+            "header_mismatch": stats.header_mismatch,
+            "ended_early": stats.ended_early,
+            "black_frames_skipped": stats.black_frames_skipped,
+            "width": stats.width,
+            "height": stats.height,
+            "codec": stats.codec,
+            "warnings": stats.warnings,
+            "logit_scale": job.scorer.logit_scale,
+            **job.scorer.loaded.describe(),
+        }
+        self._drop(
+            job,
+            Status.COMPLETED,
+            progress=1.0,
+            finished_at=timezone.now(),
+            metadata=metadata,
+            frames_scored=len(scores),
+            average_score=summary["average_score"],
+            peak_score=summary["max_anomaly_score"],
+            peak_time_s=summary["max_anomaly_time"],
+        )
+        log.info("analysis %s: completed, %d frames scored", job.pk, len(scores))
+
+    def _drop(self, job: Job, status: str, **fields: Any) -> None:
+        self.jobs.pop(job.pk, None)
+        job.close()
+        if leases.release(self.owner, job.pk, status, **fields):
+            self.publisher.publish(
+                job.pk,
+                "status",
+                {
+                    "status": status,
+                    **{k: v for k, v in fields.items() if k in ("error_message", "progress")},
+                },
+            )
+
+    def _fail(self, pk: int, message: str) -> None:
+        log.warning("analysis %s failed: %s", pk, message)
+        leases.release(
+            self.owner, pk, Status.FAILED, error_message=message, finished_at=timezone.now()
+        )
+        self.publisher.publish(pk, "status", {"status": Status.FAILED, "error_message": message})
+
+
+def _refresh_connections() -> None:
+    """Drop broken or expired connections between steps, as Django does between requests.
+
+    Not inside a transaction (tests run steps inside one; closing it would lose it).
+    """
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
+def _as_scored(row: FrameScore) -> Any:
+    from .engine.pipeline import ScoredFrame
+
+    return ScoredFrame(
+        row.frame_index, row.time_s, row.score, row.normal_similarity, row.anomaly_similarity
+    )

@@ -1,0 +1,328 @@
+"""The detection worker, step by step and as a real process (SIGTERM, SIGKILL, two workers)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import cv2
+import pytest
+from django.utils import timezone
+
+from detection.api import analyze_video
+from detection.models import Analysis, FrameScore, Incident
+from detection.worker import Worker
+from tests.conftest import ROOT
+from tests.factories import AnalysisFactory, CameraFactory
+
+pytestmark = pytest.mark.usefixtures("tiny_settings")
+
+NORMAL = "a quiet street\nan empty road"
+ANOMALY = "a car crash\na fire"
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.messages: list[tuple[int, str, dict]] = []
+
+    def publish(self, analysis_id: int, kind: str, payload: dict) -> None:
+        self.messages.append((analysis_id, kind, payload))
+
+    def kinds(self, kind: str) -> list[dict]:
+        return [p for _, k, p in self.messages if k == kind]
+
+
+@pytest.fixture
+def media(tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+    settings.DETECTION_VIDEO_DIRS = [tmp_path]
+    return tmp_path
+
+
+def file_analysis(path, **fields) -> Analysis:
+    camera = CameraFactory(kind="file", source=str(path))
+    fields = {"status": "queued", "normal_prompts": NORMAL, "anomaly_prompts": ANOMALY, **fields}
+    return AnalysisFactory(camera=camera, **fields)
+
+
+def worker(**kw) -> tuple[Worker, RecordingPublisher]:
+    publisher = RecordingPublisher()
+    return Worker(publisher=publisher, poll_seconds=0.05, **{"once": True, **kw}), publisher
+
+
+@pytest.mark.django_db
+def test_it_claims_a_queued_analysis_exactly_once(media, make_video):
+    analysis = file_analysis(make_video("a.avi"))
+    first, _ = worker()
+    second, _ = worker()
+    assert first.claim_step() is True
+    assert second.claim_step() is False
+    analysis.refresh_from_db()
+    assert analysis.status == "running" and analysis.lease_owner == first.owner
+    assert analysis.lease_expires_at > timezone.now() and analysis.started_at is not None
+    first.shutdown()
+    analysis.refresh_from_db()
+    assert (analysis.status, analysis.lease_owner, analysis.lease_expires_at) == ("queued", "", None)
+
+
+@pytest.mark.django_db
+def test_it_takes_over_an_expired_lease(media, make_video):
+    analysis = file_analysis(make_video("a.avi"))
+    dead, _ = worker()
+    dead.claim_step()
+    Analysis.objects.filter(pk=analysis.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1))
+    heir, _ = worker()
+    assert heir.claim_step() is True
+    analysis.refresh_from_db()
+    assert analysis.lease_owner == heir.owner
+    # The dead worker, should it wake up, finds its lease gone and stops writing.
+    dead.heartbeat_step()
+    assert dead.jobs == {}
+    heir.shutdown()
+
+
+@pytest.mark.django_db
+def test_it_leaves_drafts_disabled_cameras_and_live_cameras_alone_in_once_mode(media, make_video):
+    file_analysis(make_video("d.avi"), status="draft")
+    disabled = file_analysis(make_video("e.avi"))
+    disabled.camera.enabled = False
+    disabled.camera.save()
+    AnalysisFactory(status="queued")  # a stream camera
+    w, _ = worker()
+    assert w.claim_step() is False
+
+
+@pytest.mark.django_db
+def test_it_stores_what_analyze_video_computes(media, make_video):
+    path = make_video("street.mp4", frames=60, fps=10.0)
+    analysis = file_analysis(path, sampling_fps=2.0)
+    w, publisher = worker(batch_size=3)
+    w.run()
+    analysis.refresh_from_db()
+    expected = analyze_video(path, NORMAL, ANOMALY, sampling_rate_fps=2.0)
+    stored = list(analysis.scores.order_by("frame_index"))
+    assert [s.frame_index for s in stored] == [d["frame_index"] for d in expected["data"]]
+    assert [s.score for s in stored] == pytest.approx([d["score"] for d in expected["data"]],
+                                                      abs=1e-6)
+    assert [s.time_s for s in stored] == pytest.approx([d["time_s"] for d in expected["data"]])
+    assert analysis.status == "completed" and analysis.progress == 1.0
+    assert analysis.frames_scored == 12 and analysis.lease_owner == ""
+    assert analysis.peak_score == pytest.approx(expected["metadata"]["max_anomaly_score"])
+    assert analysis.average_score == pytest.approx(expected["metadata"]["average_score"])
+    assert analysis.metadata["total_frames"] == 60
+    assert [p["frame_index"] for p in publisher.kinds("score")] == [s.frame_index for s in stored]
+    assert publisher.kinds("status")[-1]["status"] == "completed"
+
+
+@pytest.mark.django_db
+def test_it_resumes_after_the_last_stored_frame(media, make_video):
+    path = make_video("r.avi", frames=50, fps=10.0)
+    analysis = file_analysis(path)
+    FrameScore.objects.create(analysis=analysis, frame_index=20, time_s=2.0, score=0.5,
+                              normal_similarity=0.1, anomaly_similarity=0.1)
+    w, _ = worker()
+    w.run()
+    assert list(analysis.scores.values_list("frame_index", flat=True)) == [20, 30, 40]
+
+
+@pytest.mark.django_db
+def test_it_batches_frames_of_several_analyses_together(media, make_video):
+    a = file_analysis(make_video("a.avi", frames=30))
+    b = file_analysis(make_video("b.avi", frames=30), anomaly_prompts="smoke")
+    w, _ = worker(batch_size=4)
+    w.claim_step()
+    pending = w.gather_step()
+    assert {p.job.pk for p in pending} == {a.pk, b.pk} and len(pending) == 4
+    w.score_step(pending)
+    assert a.scores.count() == 2 and b.scores.count() == 2
+    # Same frame content, different prompts: different scores.
+    assert a.scores.first().score != b.scores.first().score
+    w.shutdown()
+
+
+@pytest.mark.django_db
+def test_it_opens_an_incident_with_a_thumbnail_and_closes_it_at_the_end(media, make_video):
+    path = make_video("hot.avi", frames=80, fps=10.0, size=(960, 540))
+    # A threshold this low makes every frame anomalous: the incident opens on the third.
+    analysis = file_analysis(path, threshold=0.0001, incident_open_frames=3, localize=True)
+    w, publisher = worker()
+    w.run()
+    incident = Incident.objects.get(analysis=analysis)
+    assert incident.start_time_s == 0.0 and incident.end_time_s == pytest.approx(8.0)
+    assert incident.peak_score == pytest.approx(analysis.scores.order_by("-score")[0].score)
+    image = cv2.imread(incident.thumbnail.path)
+    assert image is not None and image.shape[1] == 640
+    assert analysis.scores.filter(box_x0__isnull=False).count() == 8
+    assert [p["open"] for p in publisher.kinds("incident")] == [True, False]
+
+
+@pytest.mark.django_db
+def test_it_fails_a_broken_file_alone(media, make_video):
+    broken_path = media / "broken.mp4"
+    broken_path.write_bytes(bytes(range(256)) * 200)
+    broken = file_analysis(broken_path)
+    good = file_analysis(make_video("good.avi"))
+    missing = file_analysis(make_video("gone.avi"))
+    (media / "gone.avi").unlink()
+    w, _ = worker()
+    w.run()
+    for a in (broken, good, missing):
+        a.refresh_from_db()
+    assert good.status == "completed"
+    assert broken.status == "failed" and "cannot be opened as a video" in broken.error_message
+    assert missing.status == "failed" and "does not exist" in missing.error_message
+
+
+@pytest.mark.django_db
+def test_it_fails_analyses_when_the_weights_are_missing(media, make_video, settings):
+    settings.DETECTION_PRETRAINED = str(media / "missing.pt")
+    analysis = file_analysis(make_video("a.avi"))
+    w, _ = worker()
+    w.run()
+    analysis.refresh_from_db()
+    assert analysis.status == "failed" and "checkpoint file not found" in analysis.error_message
+
+
+@pytest.mark.django_db
+def test_it_stops_writing_when_an_operator_stops_the_analysis(media, make_video):
+    analysis = file_analysis(make_video("long.avi", frames=100))
+    w, _ = worker(batch_size=2)
+    w.claim_step()
+    w.score_step(w.gather_step())
+    Analysis.objects.filter(pk=analysis.pk).update(status="stopped", lease_owner="")
+    w.heartbeat_step()
+    assert w.jobs == {}
+    assert w.gather_step() == []
+    analysis.refresh_from_db()
+    assert analysis.status == "stopped" and analysis.scores.count() == 2
+
+
+# --- Real processes -------------------------------------------------------------------
+
+
+def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--poll", "0.2", *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def expected_indices(frames: int, fps: float, rate: float) -> list[int]:
+    return list(range(0, frames, round(fps / rate)))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_finishes_the_batch_and_releases_the_lease_on_sigterm(media, make_video,
+                                                                 subprocess_env):
+    analysis = file_analysis(make_video("long.avi", frames=600, fps=10.0), sampling_fps=5.0)
+    proc = start_worker({**subprocess_env, "DETECTION_BATCH_SIZE": "2"})
+    try:
+        wait_for(lambda: analysis.scores.count() >= 6)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    analysis.refresh_from_db()
+    assert (analysis.status, analysis.lease_owner) == ("queued", "")
+    stored = list(analysis.scores.values_list("frame_index", flat=True))
+    assert stored == expected_indices(600, 10.0, 5.0)[: len(stored)]  # a prefix, no gaps
+    # A restart resumes and completes with exactly the uninterrupted result.
+    done = subprocess.run([sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
+                          env=subprocess_env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    analysis.refresh_from_db()
+    assert analysis.status == "completed"
+    assert list(analysis.scores.values_list("frame_index", flat=True)) == expected_indices(
+        600, 10.0, 5.0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_resumes_without_duplicates_after_sigkill(media, make_video, subprocess_env):
+    analysis = file_analysis(make_video("long.avi", frames=600, fps=10.0), sampling_fps=5.0)
+    env = {**subprocess_env, "DETECTION_LEASE_SECONDS": "5", "DETECTION_BATCH_SIZE": "2"}
+    proc = start_worker(env)
+    try:
+        wait_for(lambda: analysis.scores.count() >= 6)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    analysis.refresh_from_db()
+    assert analysis.status == "running"  # the lease outlives the dead worker...
+    wait_for(lambda: Analysis.objects.get(pk=analysis.pk).lease_expires_at < timezone.now(),
+             timeout=10)
+    # ...until it expires and another worker takes over.
+    done = subprocess.run([sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    analysis.refresh_from_db()
+    assert analysis.status == "completed"
+    assert list(analysis.scores.values_list("frame_index", flat=True)) == expected_indices(
+        600, 10.0, 5.0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_shares_a_queue_between_two_workers(media, make_video, subprocess_env):
+    analyses = [file_analysis(make_video(f"q{i}.avi", frames=40)) for i in range(4)]
+    procs = [start_worker(subprocess_env, "--once") for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    for a in analyses:
+        a.refresh_from_db()
+        assert a.status == "completed"
+        assert list(a.scores.values_list("frame_index", flat=True)) == [0, 10, 20, 30]
+    # Each analysis was started by exactly one worker.
+    starts = [line for out in outs for line in out.splitlines() if "): started by" in line]
+    assert len(starts) == 4 and len({s.split(" (")[0] for s in starts}) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_serves_the_portal_and_a_worker_together_and_stops_both(media, make_video,
+                                                                    subprocess_env):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    analysis = file_analysis(make_video("served.avi", frames=30))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "run_portal", f"127.0.0.1:{port}"],
+        env=subprocess_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: Analysis.objects.get(pk=analysis.pk).status == "completed")
+
+        def login_page_served() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/") as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(login_page_served, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "portal and worker stopped" in out
+    assert not login_page_served()
