@@ -156,7 +156,7 @@ def manage(*args: str, env: dict[str, str], timeout: float = 180):
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix,  # noqa: ANN001
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix,
                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     """A file-backed SQLite test database, so worker subprocesses can share it."""
     from django.conf import settings
@@ -167,7 +167,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix,  
 
 
 @pytest.fixture
-def subprocess_env(tiny_model: TinyModel, settings) -> dict[str, str]:  # noqa: ANN001
+def subprocess_env(tiny_model: TinyModel, settings) -> dict[str, str]:
     """Environment for manage.py subprocesses that share the test database and settings."""
     from django.db import connection
 

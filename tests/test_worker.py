@@ -66,7 +66,11 @@ def test_it_claims_a_queued_analysis_exactly_once(media, make_video):
     assert analysis.lease_expires_at > timezone.now() and analysis.started_at is not None
     first.shutdown()
     analysis.refresh_from_db()
-    assert (analysis.status, analysis.lease_owner, analysis.lease_expires_at) == ("queued", "", None)
+    assert (analysis.status, analysis.lease_owner, analysis.lease_expires_at) == (
+        "queued",
+        "",
+        None,
+    )
 
 
 @pytest.mark.django_db
@@ -75,7 +79,8 @@ def test_it_takes_over_an_expired_lease(media, make_video):
     dead, _ = worker()
     dead.claim_step()
     Analysis.objects.filter(pk=analysis.pk).update(
-        lease_expires_at=timezone.now() - timedelta(seconds=1))
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     heir, _ = worker()
     assert heir.claim_step() is True
     analysis.refresh_from_db()
@@ -107,8 +112,9 @@ def test_it_stores_what_analyze_video_computes(media, make_video):
     expected = analyze_video(path, NORMAL, ANOMALY, sampling_rate_fps=2.0)
     stored = list(analysis.scores.order_by("frame_index"))
     assert [s.frame_index for s in stored] == [d["frame_index"] for d in expected["data"]]
-    assert [s.score for s in stored] == pytest.approx([d["score"] for d in expected["data"]],
-                                                      abs=1e-6)
+    assert [s.score for s in stored] == pytest.approx(
+        [d["score"] for d in expected["data"]], abs=1e-6
+    )
     assert [s.time_s for s in stored] == pytest.approx([d["time_s"] for d in expected["data"]])
     assert analysis.status == "completed" and analysis.progress == 1.0
     assert analysis.frames_scored == 12 and analysis.lease_owner == ""
@@ -123,8 +129,14 @@ def test_it_stores_what_analyze_video_computes(media, make_video):
 def test_it_resumes_after_the_last_stored_frame(media, make_video):
     path = make_video("r.avi", frames=50, fps=10.0)
     analysis = file_analysis(path)
-    FrameScore.objects.create(analysis=analysis, frame_index=20, time_s=2.0, score=0.5,
-                              normal_similarity=0.1, anomaly_similarity=0.1)
+    FrameScore.objects.create(
+        analysis=analysis,
+        frame_index=20,
+        time_s=2.0,
+        score=0.5,
+        normal_similarity=0.1,
+        anomaly_similarity=0.1,
+    )
     w, _ = worker()
     w.run()
     assert list(analysis.scores.values_list("frame_index", flat=True)) == [20, 30, 40]
@@ -208,11 +220,15 @@ def test_it_stops_writing_when_an_operator_stops_the_analysis(media, make_video)
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "run_detector", "--poll", "0.2", *args],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
+def wait_for(condition, timeout: float = 60.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if condition():
@@ -226,8 +242,7 @@ def expected_indices(frames: int, fps: float, rate: float) -> list[int]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_finishes_the_batch_and_releases_the_lease_on_sigterm(media, make_video,
-                                                                 subprocess_env):
+def test_it_finishes_the_batch_and_releases_the_lease_on_sigterm(media, make_video, subprocess_env):
     analysis = file_analysis(make_video("long.avi", frames=600, fps=10.0), sampling_fps=5.0)
     proc = start_worker({**subprocess_env, "DETECTION_BATCH_SIZE": "2"})
     try:
@@ -243,14 +258,20 @@ def test_it_finishes_the_batch_and_releases_the_lease_on_sigterm(media, make_vid
     stored = list(analysis.scores.values_list("frame_index", flat=True))
     assert stored == expected_indices(600, 10.0, 5.0)[: len(stored)]  # a prefix, no gaps
     # A restart resumes and completes with exactly the uninterrupted result.
-    done = subprocess.run([sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
-                          env=subprocess_env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
+        env=subprocess_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     analysis.refresh_from_db()
     assert analysis.status == "completed"
     assert list(analysis.scores.values_list("frame_index", flat=True)) == expected_indices(
-        600, 10.0, 5.0)
+        600, 10.0, 5.0
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -266,16 +287,24 @@ def test_it_resumes_without_duplicates_after_sigkill(media, make_video, subproce
         proc.kill()
     analysis.refresh_from_db()
     assert analysis.status == "running"  # the lease outlives the dead worker...
-    wait_for(lambda: Analysis.objects.get(pk=analysis.pk).lease_expires_at < timezone.now(),
-             timeout=10)
+    wait_for(
+        lambda: Analysis.objects.get(pk=analysis.pk).lease_expires_at < timezone.now(), timeout=10
+    )
     # ...until it expires and another worker takes over.
-    done = subprocess.run([sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     analysis.refresh_from_db()
     assert analysis.status == "completed"
     assert list(analysis.scores.values_list("frame_index", flat=True)) == expected_indices(
-        600, 10.0, 5.0)
+        600, 10.0, 5.0
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -294,8 +323,9 @@ def test_it_shares_a_queue_between_two_workers(media, make_video, subprocess_env
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_serves_the_portal_and_a_worker_together_and_stops_both(media, make_video,
-                                                                    subprocess_env):
+def test_it_serves_the_portal_and_a_worker_together_and_stops_both(
+    media, make_video, subprocess_env
+):
     import socket
     import urllib.request
 
@@ -305,7 +335,10 @@ def test_it_serves_the_portal_and_a_worker_together_and_stops_both(media, make_v
     analysis = file_analysis(make_video("served.avi", frames=30))
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "run_portal", f"127.0.0.1:{port}"],
-        env=subprocess_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=subprocess_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     try:
