@@ -75,6 +75,10 @@ class Analysis(models.Model):
     motion_gating = models.BooleanField(
         default=True, help_text="Live cameras: skip scoring frames that did not change."
     )
+    webhook_url = models.URLField(
+        blank=True, max_length=1000,
+        help_text="Optional: POST a JSON event here when an incident opens or closes.",
+    )
     rescore_interval_s = models.FloatField(
         default=3.0,
         validators=[MinValueValidator(0.1), MaxValueValidator(3600)],

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
+from . import webhooks
 from .engine.scoring import Box
 from .live import Publisher
 from .models import Analysis, FrameScore, Incident
@@ -135,7 +136,7 @@ class Recorder:
                 },
             )
         for incident in filter(None, changed):
-            self.publisher.publish(a.pk, "incident", incident_payload(incident))
+            self._announce(incident)
 
     def _apply(self, event: IncidentEvent, item: ScoredItem) -> Incident | None:
         state = event.incident
@@ -181,8 +182,19 @@ class Recorder:
         if self.incident is not None:
             self.incident.end_time_s, self.incident.ended_at = time_s, timezone.now()
             self.incident.save(update_fields=["end_time_s", "ended_at"])
-            self.publisher.publish(self.analysis.pk, "incident", incident_payload(self.incident))
+            self._announce(self.incident)
             self.incident = None
+
+    def _announce(self, incident: Incident) -> None:
+        payload = incident_payload(incident)
+        self.publisher.publish(self.analysis.pk, "incident", payload)
+        if self.analysis.webhook_url:
+            webhooks.send(self.analysis.webhook_url, {
+                "event": "incident.opened" if incident.is_open else "incident.closed",
+                "analysis": {"id": self.analysis.pk, "name": self.analysis.name,
+                             "camera": self.analysis.camera.name},
+                "incident": payload,
+            })
 
 
 def incident_payload(incident: Incident) -> dict[str, object]:

@@ -432,6 +432,7 @@ class Worker:
         scores = list(FrameScore.objects.filter(analysis_id=job.pk).order_by("frame_index"))
         summary = summarize([_as_scored(s) for s in scores], job.analysis.threshold)
         metadata = {
+            **job.analysis.metadata,  # what the upload recorded (original name, size)
             "total_frames": stats.frames_decoded,
             "total_seconds": stats.total_seconds,
             **summary,

@@ -359,3 +359,46 @@ def test_it_serves_the_portal_and_a_worker_together_and_stops_both(
     assert proc.returncode == 0, out
     assert "portal and worker stopped" in out
     assert not login_page_served()
+
+
+@pytest.mark.django_db
+def test_it_posts_incident_webhooks_without_blocking(media, make_video):
+    import json as jsonlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            length = int(self.headers["Content-Length"])
+            received.append(jsonlib.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        analysis = file_analysis(make_video("w.avi", frames=40), threshold=0.0001,
+                                 incident_open_frames=2, webhook_url=url)
+        w, _ = worker()
+        w.run()
+        wait_for(lambda: len(received) == 2, timeout=10)
+    finally:
+        server.shutdown()
+    assert [r["event"] for r in received] == ["incident.opened", "incident.closed"]
+    assert received[0]["analysis"]["id"] == analysis.pk
+    assert received[1]["incident"]["end_time_s"] == pytest.approx(4.0)
+
+
+def test_it_gives_up_on_an_unreachable_webhook_after_retries(caplog):
+    from detection.webhooks import deliver
+
+    started = time.monotonic()
+    assert deliver("http://127.0.0.1:9/nothing", {"x": 1}, retries=3, backoff_s=0.01) is False
+    assert time.monotonic() - started < 5
+    assert len([r for r in caplog.records if "webhook" in r.getMessage()]) == 3
