@@ -187,6 +187,11 @@ DETECTION_PRECISION = get_str(
     "DETECTION_PRECISION", "auto", choices=("auto", "fp32", "bf16", "fp16")
 )
 DETECTION_BATCH_SIZE = get_int("DETECTION_BATCH_SIZE", 16, min=1)
+# A worker's claim on an analysis lapses this long after its last heartbeat; another
+# worker then resumes the analysis from its last stored frame.
+DETECTION_LEASE_SECONDS = get_int("DETECTION_LEASE_SECONDS", 30, min=5)
+# Largest video /upload/ accepts, in MiB; bigger uploads are refused while they stream in.
+DETECTION_MAX_UPLOAD_MB = get_int("DETECTION_MAX_UPLOAD_MB", 2048, min=1)
 # None = the model's own learned logit_scale; the prototype used a fixed 100.
 DETECTION_LOGIT_SCALE: float | None = (
     None
