@@ -12,8 +12,8 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from .engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
 from . import webhooks
+from .engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
 from .engine.scoring import Box
 from .live import Publisher
 from .models import Analysis, FrameScore, Incident
@@ -189,12 +189,18 @@ class Recorder:
         payload = incident_payload(incident)
         self.publisher.publish(self.analysis.pk, "incident", payload)
         if self.analysis.webhook_url:
-            webhooks.send(self.analysis.webhook_url, {
-                "event": "incident.opened" if incident.is_open else "incident.closed",
-                "analysis": {"id": self.analysis.pk, "name": self.analysis.name,
-                             "camera": self.analysis.camera.name},
-                "incident": payload,
-            })
+            webhooks.send(
+                self.analysis.webhook_url,
+                {
+                    "event": "incident.opened" if incident.is_open else "incident.closed",
+                    "analysis": {
+                        "id": self.analysis.pk,
+                        "name": self.analysis.name,
+                        "camera": self.analysis.camera.name,
+                    },
+                    "incident": payload,
+                },
+            )
 
 
 def incident_payload(incident: Incident) -> dict[str, object]:

@@ -23,17 +23,20 @@ BACKOFF_S = 1.0
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
 
 
-def deliver(url: str, event: dict[str, Any], *, retries: int = RETRIES,
-            backoff_s: float = BACKOFF_S) -> bool:
+def deliver(
+    url: str, event: dict[str, Any], *, retries: int = RETRIES, backoff_s: float = BACKOFF_S
+) -> bool:
     """POST `event` as JSON; True when the receiver answered 2xx. Runs in the caller."""
     body = json.dumps(event).encode()
     for attempt in range(1, retries + 1):
         request = urllib.request.Request(
-            url, data=body, method="POST",
+            url,
+            data=body,
+            method="POST",
             headers={"Content-Type": "application/json", "User-Agent": "clipwatch-webhook"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
                 if 200 <= response.status < 300:
                     return True
                 reason = f"HTTP {response.status}"

@@ -9,4 +9,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", camera_views.dashboard, name="dashboard"),
+    path("", include("detection.urls")),
 ]

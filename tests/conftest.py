@@ -156,8 +156,9 @@ def manage(*args: str, env: dict[str, str], timeout: float = 180):
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix,
-                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """A file-backed SQLite test database, so worker subprocesses can share it."""
     from django.conf import settings
 
@@ -179,3 +180,9 @@ def subprocess_env(tiny_model: TinyModel, settings) -> dict[str, str]:
     env["DETECTION_VIDEO_DIRS"] = ":".join(str(d) for d in settings.DETECTION_VIDEO_DIRS)
     env["DJANGO_LOG_LEVEL"] = "INFO"
     return env
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings) -> None:
+    # The factories set real passwords; PBKDF2 at full strength costs ~0.25 s per user.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
