@@ -35,11 +35,15 @@ class Camera(models.Model):
     enabled = models.BooleanField(default=True)
     description = models.TextField(blank=True)
     viewers = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, blank=True, related_name="shared_cameras",
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="shared_cameras",
         help_text="Users who may see this camera, its analyses and incidents.",
     )
     viewer_groups = models.ManyToManyField(
-        Group, blank=True, related_name="shared_cameras",
+        Group,
+        blank=True,
+        related_name="shared_cameras",
         help_text="Groups whose members may see this camera.",
     )
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.OFFLINE)
@@ -48,7 +52,10 @@ class Camera(models.Model):
     last_error = models.TextField(blank=True)
     reconnect_count = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     created_at = models.DateTimeField(auto_now_add=True)

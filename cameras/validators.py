@@ -33,7 +33,8 @@ def webcam_index(source: str) -> int:
     if not text.lstrip("-").isdigit():
         raise ValidationError(
             "A webcam source is a device index such as 0 or 1, not %(value)r.",
-            code="webcam_index", params={"value": source},
+            code="webcam_index",
+            params={"value": source},
         )
     index = int(text)
     if index < 0:
@@ -41,7 +42,8 @@ def webcam_index(source: str) -> int:
     if index > MAX_WEBCAM_INDEX:
         raise ValidationError(
             "Webcam device index %(value)s is above %(max)s.",
-            code="webcam_index", params={"value": index, "max": MAX_WEBCAM_INDEX},
+            code="webcam_index",
+            params={"value": index, "max": MAX_WEBCAM_INDEX},
         )
     return index
 
@@ -52,7 +54,8 @@ def stream_url(source: str) -> str:
     if scheme not in STREAM_SCHEMES:
         raise ValidationError(
             "Stream URLs must use rtsp, rtsps, http or https, not %(scheme)r.",
-            code="stream_scheme", params={"scheme": scheme or "(none)"},
+            code="stream_scheme",
+            params={"scheme": scheme or "(none)"},
         )
     try:
         _url_validator(url)
@@ -80,11 +83,13 @@ def video_path(source: str, allowed: Iterable[Path] | None = None) -> Path:
         raise ValidationError(
             "%(value)s is outside the directories video files may be read from "
             "(DETECTION_VIDEO_DIRS: %(dirs)s).",
-            code="file_outside", params={"value": text, "dirs": ", ".join(map(str, dirs))},
+            code="file_outside",
+            params={"value": text, "dirs": ", ".join(map(str, dirs))},
         )
     if not real.is_file():
         raise ValidationError(
-            "%(value)s does not exist or is not a file.", code="file_missing",
+            "%(value)s does not exist or is not a file.",
+            code="file_missing",
             params={"value": text},
         )
     return real

@@ -76,7 +76,8 @@ class Analysis(models.Model):
         default=True, help_text="Live cameras: skip scoring frames that did not change."
     )
     webhook_url = models.URLField(
-        blank=True, max_length=1000,
+        blank=True,
+        max_length=1000,
         help_text="Optional: POST a JSON event here when an incident opens or closes.",
     )
     rescore_interval_s = models.FloatField(

@@ -29,8 +29,12 @@ def test_it_closes_only_below_the_hysteresis_line():
 
 def test_it_tracks_the_peak_while_open():
     tracker = IncidentTracker(threshold=0.5, open_after=1, close_after=1)
-    peaks = [e for i, s in enumerate([0.6, 0.9, 0.7, 0.95]) for e in tracker.feed(s, i, i)
-             if e.kind == "peak"]
+    peaks = [
+        e
+        for i, s in enumerate([0.6, 0.9, 0.7, 0.95])
+        for e in tracker.feed(s, i, i)
+        if e.kind == "peak"
+    ]
     assert [e.incident.peak_score for e in peaks] == [0.9, 0.95]
     assert tracker.current.peak_time_s == 3
 
@@ -52,7 +56,15 @@ def test_it_gates_still_frames_but_rescores_on_schedule():
     still = np.full((240, 320, 3), 100, np.uint8)
     moved = still.copy()
     moved[50:150, 50:150] = 255
-    decisions = [gate.should_score(f, t) for f, t in
-                 [(still, 0.0), (still, 1.0), (still, 2.0), (moved, 2.5), (moved, 3.0),
-                  (moved, 5.6)]]
+    decisions = [
+        gate.should_score(f, t)
+        for f, t in [
+            (still, 0.0),
+            (still, 1.0),
+            (still, 2.0),
+            (moved, 2.5),
+            (moved, 3.0),
+            (moved, 5.6),
+        ]
+    ]
     assert decisions == [True, False, False, True, False, True]

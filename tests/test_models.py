@@ -36,8 +36,12 @@ def source_errors(kind: str, source: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "url",
-    ["rtsp://10.0.0.5:554/stream1", "rtsps://cam.example.com/live", "http://127.0.0.1:8080/mjpg",
-     "https://user:secret@cam.example.com/video.mjpg"],
+    [
+        "rtsp://10.0.0.5:554/stream1",
+        "rtsps://cam.example.com/live",
+        "http://127.0.0.1:8080/mjpg",
+        "https://user:secret@cam.example.com/video.mjpg",
+    ],
 )
 def test_it_accepts_stream_urls_with_allowed_schemes(url):
     assert source_errors("stream", url) == []
@@ -144,8 +148,14 @@ def test_it_lists_prompts_one_per_line():
 def test_it_keeps_one_score_per_frame():
     score = FrameScoreFactory(frame_index=5)
     with pytest.raises(IntegrityError):
-        FrameScore.objects.create(analysis=score.analysis, frame_index=5, time_s=0.5, score=0.1,
-                                  normal_similarity=0.2, anomaly_similarity=0.1)
+        FrameScore.objects.create(
+            analysis=score.analysis,
+            frame_index=5,
+            time_s=0.5,
+            score=0.1,
+            normal_similarity=0.2,
+            anomaly_similarity=0.1,
+        )
 
 
 def test_it_cascades_scores_and_analyses_with_the_camera():

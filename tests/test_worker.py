@@ -370,7 +370,7 @@ def test_it_posts_incident_webhooks_without_blocking(media, make_video):
     received: list[dict] = []
 
     class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers["Content-Length"])
             received.append(jsonlib.loads(self.rfile.read(length)))
             self.send_response(204)
@@ -383,8 +383,12 @@ def test_it_posts_incident_webhooks_without_blocking(media, make_video):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/hook"
-        analysis = file_analysis(make_video("w.avi", frames=40), threshold=0.0001,
-                                 incident_open_frames=2, webhook_url=url)
+        analysis = file_analysis(
+            make_video("w.avi", frames=40),
+            threshold=0.0001,
+            incident_open_frames=2,
+            webhook_url=url,
+        )
         w, _ = worker()
         w.run()
         wait_for(lambda: len(received) == 2, timeout=10)

@@ -6,38 +6,98 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("auth", "0012_alter_user_first_name_max_length"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Camera',
+            name="Camera",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120)),
-                ('kind', models.CharField(choices=[('webcam', 'Webcam (device index)'), ('file', 'Video file'), ('stream', 'Stream (RTSP/HTTP)')], default='stream', max_length=10)),
-                ('source', models.CharField(help_text='Webcam: a device index (0, 1, ...). Stream: an rtsp://, rtsps://, http:// or https:// URL. File: an absolute path inside DETECTION_VIDEO_DIRS or MEDIA_ROOT.', max_length=2000)),
-                ('enabled', models.BooleanField(default=True)),
-                ('description', models.TextField(blank=True)),
-                ('status', models.CharField(choices=[('online', 'Online'), ('reconnecting', 'Reconnecting'), ('offline', 'Offline'), ('failed', 'Failed')], default='offline', max_length=12)),
-                ('status_changed_at', models.DateTimeField(blank=True, null=True)),
-                ('last_frame_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True)),
-                ('reconnect_count', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('viewer_groups', models.ManyToManyField(blank=True, help_text='Groups whose members may see this camera.', related_name='shared_cameras', to='auth.group')),
-                ('viewers', models.ManyToManyField(blank=True, help_text='Users who may see this camera, its analyses and incidents.', related_name='shared_cameras', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=120)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("webcam", "Webcam (device index)"),
+                            ("file", "Video file"),
+                            ("stream", "Stream (RTSP/HTTP)"),
+                        ],
+                        default="stream",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        help_text="Webcam: a device index (0, 1, ...). Stream: an rtsp://, rtsps://, http:// or https:// URL. File: an absolute path inside DETECTION_VIDEO_DIRS or MEDIA_ROOT.",
+                        max_length=2000,
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("online", "Online"),
+                            ("reconnecting", "Reconnecting"),
+                            ("offline", "Offline"),
+                            ("failed", "Failed"),
+                        ],
+                        default="offline",
+                        max_length=12,
+                    ),
+                ),
+                ("status_changed_at", models.DateTimeField(blank=True, null=True)),
+                ("last_frame_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True)),
+                ("reconnect_count", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "viewer_groups",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="Groups whose members may see this camera.",
+                        related_name="shared_cameras",
+                        to="auth.group",
+                    ),
+                ),
+                (
+                    "viewers",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="Users who may see this camera, its analyses and incidents.",
+                        related_name="shared_cameras",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name', 'id'],
-                'indexes': [models.Index(fields=['enabled', 'kind'], name='cameras_cam_enabled_2314c2_idx')],
+                "ordering": ["name", "id"],
+                "indexes": [
+                    models.Index(fields=["enabled", "kind"], name="cameras_cam_enabled_2314c2_idx")
+                ],
             },
         ),
     ]

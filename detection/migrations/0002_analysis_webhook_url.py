@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('detection', '0001_initial'),
+        ("detection", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='analysis',
-            name='webhook_url',
-            field=models.URLField(blank=True, help_text='Optional: POST a JSON event here when an incident opens or closes.', max_length=1000),
+            model_name="analysis",
+            name="webhook_url",
+            field=models.URLField(
+                blank=True,
+                help_text="Optional: POST a JSON event here when an incident opens or closes.",
+                max_length=1000,
+            ),
         ),
     ]
