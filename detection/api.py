@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
+
+from cameras.sources import LiveSource, SourceError, SourceStatus, StreamSource, WebcamSource
 
 from .engine import (
     PROTOTYPE_LOGIT_SCALE,
@@ -38,10 +42,16 @@ from .engine import (
 )
 from .engine.images import ImageInput
 from .engine.pipeline import Stopwatch
-from .engine.prompts import Prompts
+from .engine.prompts import Prompts, normalize_prompts
 from .engine.video import DEFAULT_BLACK_LEVEL
 
-__all__ = ["PROTOTYPE_LOGIT_SCALE", "analyze_image", "analyze_video", "compute_anomaly_scores"]
+__all__ = [
+    "PROTOTYPE_LOGIT_SCALE",
+    "analyze_image",
+    "analyze_stream",
+    "analyze_video",
+    "compute_anomaly_scores",
+]
 
 DEFAULT_THRESHOLD = 0.6
 Progress = Callable[[int, int], None]  # (frames decoded, frames expected or 0 if unknown)
@@ -239,3 +249,139 @@ def analyze_video(
         **loaded.describe(),
     }
     return {"status": "Success", "error_message": None, "data": data, "metadata": metadata}
+
+
+def analyze_stream(
+    source: LiveSource | str | int,
+    prompt_normal: Prompts,
+    prompt_anomaly: Prompts,
+    sampling_rate_fps: float = 1.0,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    window_size: int = 60,
+    max_frames: int | None = None,
+    duration_s: float | None = None,
+    skip_black_frames: bool = True,
+    black_level: float = DEFAULT_BLACK_LEVEL,
+    logit_scale: float | None = None,
+    spec: ModelSpec | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Score a live source's newest frame every 1 / `sampling_rate_fps` s; yield each score.
+
+    `source`: a `cameras.sources.LiveSource` (started here if it is not yet), a stream URL
+    (rtsp/rtsps/http/https) or a webcam device index. Each item holds `time_s` (seconds since
+    the source started), `frame_index`, `captured_at` (ISO 8601, UTC), `score`, `normal`,
+    `anomaly`, `label`, `window` (the last `window_size` scores, oldest first), `status`
+    ("Success"), `source_status` and `random_weights`. Stale frames are never scored: a slow
+    consumer gets the newest frame at each tick; black frames are skipped.
+
+    Ends after `max_frames` scores or `duration_s` seconds, when the consumer closes the
+    generator, when a file source ends, or when the source gives up (offline after its
+    failed attempts, or failed). Bad input, unusable weights and a source that gives up
+    yield one `{"status": "Error", "error_message": ...}` item. The source is always
+    stopped at the end, including one the caller passed in.
+    """
+    live: LiveSource | None = source if isinstance(source, LiveSource) else None
+    try:
+        try:
+            threshold = _check_threshold(threshold)
+            rate = validate_sampling_fps(sampling_rate_fps)
+            for name, value in (("window size", window_size), ("max_frames", max_frames)):
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1
+                ):
+                    raise EngineError(f"{name} must be a whole number of at least 1, got {value!r}")
+            if duration_s is not None and not (
+                isinstance(duration_s, (int, float))
+                and math.isfinite(duration_s)
+                and duration_s > 0
+            ):
+                raise EngineError(
+                    f"duration must be a positive number of seconds, got {duration_s!r}"
+                )
+            # Prompts are checked before the (slow) model load, so bad input fails fast.
+            normalize_prompts(prompt_normal, "normal")
+            normalize_prompts(prompt_anomaly, "anomaly")
+            if live is None:
+                if isinstance(source, int) and not isinstance(source, bool):
+                    live = WebcamSource(source)
+                elif isinstance(source, str):
+                    live = StreamSource(source)
+                else:
+                    raise SourceError(
+                        f"a source is a LiveSource, a stream URL or a webcam index, not {source!r}"
+                    )
+            default_spec, _, default_scale = _configured()
+            loaded = load_model(spec or default_spec)
+            scorer = Scorer(
+                loaded,
+                prompt_normal,
+                prompt_anomaly,
+                logit_scale if logit_scale is not None else default_scale,
+            )
+        except (EngineError, SourceError) as exc:
+            yield _error(exc)
+            return
+
+        if not live.started:
+            live.start()
+        interval = 1.0 / rate
+        start = time.monotonic()
+        deadline = start + duration_s if duration_s is not None else math.inf
+        next_due = start
+        window: deque[float] = deque(maxlen=window_size)
+        scored = skipped = 0
+        while max_frames is None or scored < max_frames:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if next_due > now:
+                time.sleep(min(next_due, deadline) - now)
+                continue
+            frame = live.latest(timeout=min(0.5, deadline - now))
+            if frame is None:
+                gave_up = live.status in (SourceStatus.OFFLINE, SourceStatus.FAILED)
+                if not live.running or (gave_up and live.last_error):
+                    if live.last_error:
+                        yield _error(
+                            SourceError(f"{live.name} is {live.status.value}: {live.last_error}")
+                        )
+                    return
+                continue
+            # The next tick stays on the schedule, but a slow scorer never builds a debt of
+            # ticks to catch up on in a burst.
+            next_due = max(next_due + interval, time.monotonic())
+            if skip_black_frames and float(frame.image.mean()) < black_level:
+                skipped += 1
+                continue
+            try:
+                result = scorer.score_frames([frame.image])
+            except EngineError as exc:
+                yield _error(exc)
+                return
+            except cv2.error as exc:
+                yield _error(MediaError(f"OpenCV could not process a frame: {exc.msg or exc}"))
+                return
+            score = float(result.score[0])
+            window.append(score)
+            scored += 1
+            yield {
+                "status": "Success",
+                "error_message": None,
+                "time_s": frame.time_s,
+                "frame_index": frame.index,
+                "captured_at": frame.captured_at.isoformat(),
+                "score": score,
+                "normal": float(result.normal[0]),
+                "anomaly": float(result.anomaly[0]),
+                "label": _label(score, threshold),
+                "threshold": threshold,
+                "window": list(window),
+                "source_status": live.status.value,
+                "reconnects": live.reconnects,
+                "black_frames_skipped": skipped,
+                "random_weights": loaded.random_weights,
+            }
+    finally:
+        if live is not None:
+            live.stop()
