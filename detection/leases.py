@@ -63,9 +63,9 @@ def claim(
             )
             if won:
                 claimed_ids.append(pk)
-    analyses = Analysis.objects.select_related("camera").in_bulk(claimed_ids)
     # started_at marks the first claim only: a resumed analysis keeps its original start.
     Analysis.objects.filter(pk__in=claimed_ids, started_at__isnull=True).update(started_at=now)
+    analyses = Analysis.objects.select_related("camera").in_bulk(claimed_ids)
     return [analyses[pk] for pk in claimed_ids]
 
 

@@ -112,6 +112,7 @@ class Worker:
         publisher: Publisher | None = None,
         poll_seconds: float = POLL_SECONDS,
         max_jobs: int = MAX_JOBS,
+        source_options: dict[str, Any] | None = None,
     ) -> None:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.once = once
@@ -121,6 +122,8 @@ class Worker:
         self.publisher = publisher or ChannelPublisher()
         self.poll_seconds = poll_seconds
         self.max_jobs = max_jobs
+        # Timeouts and reconnect policy for live sources (cameras.sources.LiveSource).
+        self.source_options = source_options or {}
         self.jobs: dict[int, Job] = {}
         self.stopping = False
         self._signals = 0
@@ -361,7 +364,7 @@ class Worker:
         from cameras.sources import open_source
 
         camera = analysis.camera
-        source = open_source(camera.kind, camera.source)
+        source = open_source(camera.kind, camera.source, **self.source_options)
         source.start()
         last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
         gate = (
