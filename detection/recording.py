@@ -47,12 +47,17 @@ def thumbnail_jpeg(image: np.ndarray, box: Box | None) -> bytes:
     return data.tobytes() if ok else b""
 
 
+class LeaseLost(Exception):
+    """The analysis is no longer ours (stopped, re-run or taken over): nothing was stored."""
+
+
 class Recorder:
     """Everything the worker stores for one analysis, with its incident state."""
 
-    def __init__(self, analysis: Analysis, publisher: Publisher) -> None:
+    def __init__(self, analysis: Analysis, publisher: Publisher, owner: str = "") -> None:
         self.analysis = analysis
         self.publisher = publisher
+        self.owner = owner
         self.smoother = Smoother(analysis.smoothing_window)
         self.tracker = IncidentTracker(
             threshold=analysis.threshold,
@@ -116,6 +121,15 @@ class Recorder:
             "updated_at",
         ]
         with transaction.atomic():
+            # Checked in the same transaction as the writes, so an operator's Stop or Re-run
+            # takes effect at once, not at the next heartbeat.
+            if (
+                self.owner
+                and not Analysis.objects.filter(
+                    pk=a.pk, lease_owner=self.owner, status=Analysis.Status.RUNNING
+                ).exists()
+            ):
+                raise LeaseLost(a.pk)
             # ignore_conflicts: a batch retried after a crash between commit and
             # acknowledgement stores nothing twice (unique analysis + frame_index).
             FrameScore.objects.bulk_create(rows, ignore_conflicts=True)

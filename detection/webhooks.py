@@ -1,6 +1,6 @@
 """Incident webhooks: a JSON POST when an incident opens or closes, never blocking scoring.
 
-Deliveries run on a small thread pool with a timeout and a few retries with backoff; a
+Deliveries run on a background thread with a timeout and a few retries with backoff; a
 receiver that is down costs a log line, not a stalled worker.
 """
 
@@ -20,7 +20,9 @@ TIMEOUT_S = 5.0
 RETRIES = 3
 BACKOFF_S = 1.0
 
-_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
+# One delivery thread: events reach a receiver in the order they happened (an incident's
+# "closed" never overtakes its "opened"); a receiver that is down delays only webhooks.
+_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook")
 
 
 def deliver(

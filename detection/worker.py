@@ -35,9 +35,10 @@ from .engine.motion import MotionGate
 from .engine.pipeline import prefetch, summarize
 from .engine.preprocess import fit_frame, to_tensor
 from .engine.scoring import encode_images
+from .engine.video import DEFAULT_BLACK_LEVEL
 from .live import ChannelPublisher, Publisher
 from .models import Analysis, FrameScore
-from .recording import Recorder, ScoredItem
+from .recording import LeaseLost, Recorder, ScoredItem
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class Worker:
             scorer = Scorer(
                 model, analysis.normal_prompts, analysis.anomaly_prompts, conf.logit_scale()
             )
-            recorder = Recorder(analysis, self.publisher)
+            recorder = Recorder(analysis, self.publisher, owner=self.owner)
             if analysis.camera.kind == Camera.Kind.FILE:
                 job: Job = self._start_file(analysis, scorer, recorder)
             else:
@@ -402,6 +403,8 @@ class Worker:
         frame = job.source.latest(0)
         if frame is None:
             return None
+        if job.analysis.skip_black_frames and float(frame.image.mean()) < DEFAULT_BLACK_LEVEL:
+            return None
         started = job.analysis.started_at or timezone.now()
         time_s = max(0.0, (frame.captured_at - started).total_seconds())
         if job.gate is not None and not job.gate.should_score(frame.image, time_s):
@@ -417,7 +420,13 @@ class Worker:
         )
 
     def _store(self, job: Job, items: list[ScoredItem]) -> None:
-        job.recorder.store(items)
+        try:
+            job.recorder.store(items)
+        except LeaseLost:
+            log.info("analysis %s: stopped or taken over; dropping it", job.pk)
+            self.jobs.pop(job.pk, None)
+            job.close()
+            return
         if isinstance(job, FileJob) and job.reader is not None:
             stats = job.reader.stats
             if stats.header_frames:

@@ -207,7 +207,8 @@ def test_it_stops_writing_when_an_operator_stops_the_analysis(media, make_video)
     w.claim_step()
     w.score_step(w.gather_step())
     Analysis.objects.filter(pk=analysis.pk).update(status="stopped", lease_owner="")
-    w.heartbeat_step()
+    # The very next store notices, before the heartbeat does, and writes nothing.
+    w.score_step(w.gather_step())
     assert w.jobs == {}
     assert w.gather_step() == []
     analysis.refresh_from_db()
@@ -406,3 +407,14 @@ def test_it_gives_up_on_an_unreachable_webhook_after_retries(caplog):
     assert deliver("http://127.0.0.1:9/nothing", {"x": 1}, retries=3, backoff_s=0.01) is False
     assert time.monotonic() - started < 5
     assert len([r for r in caplog.records if "webhook" in r.getMessage()]) == 3
+
+
+@pytest.mark.django_db
+def test_it_exits_at_once_on_a_second_signal(monkeypatch):
+    exits = []
+    monkeypatch.setattr("detection.worker.os._exit", exits.append)
+    w, _ = worker()
+    w._on_signal(signal.SIGTERM, None)
+    assert w.stopping and exits == []
+    w._on_signal(signal.SIGINT, None)
+    assert exits == [1]
