@@ -4,71 +4,35 @@ FrameScore is deliberately not registered: it holds one row per scored frame (mi
 camera per month), so a changelist over it is useless and dangerous. Scores are read on the
 analysis pages and exports, and removed here only through the "Re-run" action.
 
-Status changes made by the actions are single conditional UPDATEs (`WHERE status IN ...`), so
-an action never overwrites a transition the worker made in the meantime.
+The actions call detection/actions.py, the one implementation the portal's buttons share;
+this module adds the admin's confirmation page, change log and messages.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.db.models.fields.files import FieldFile
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.utils import timezone
 from django.utils.html import format_html
 
+from . import actions
+from .actions import count as _count
 from .models import Analysis, FrameScore, Incident
-
-logger = logging.getLogger(__name__)
 
 Status = Analysis.Status
 
-QUEUEABLE = (Status.DRAFT, Status.STOPPED, Status.FAILED, Status.COMPLETED)
-STOPPABLE = (Status.QUEUED, Status.RUNNING)
 
-LEASE_CLEARED: dict[str, Any] = {
-    "lease_owner": "",
-    "lease_heartbeat_at": None,
-    "lease_expires_at": None,
-}
-
-# What a re-run resets: the analysis looks as if it had never been scored.
-SUMMARY_RESET: dict[str, Any] = {
-    "frames_scored": 0,
-    "last_frame_index": None,
-    "last_score": None,
-    "peak_score": None,
-    "peak_time_s": None,
-    "average_score": None,
-    "metadata": {},
-    "progress": 0.0,
-    "error_message": "",
-    "started_at": None,
-    "finished_at": None,
-    **LEASE_CLEARED,
-}
-
-
-def _count(n: int, singular: str = "analysis", plural: str = "analyses") -> str:
-    return f"{n} {singular if n == 1 else plural}"
-
-
-def _delete_files(names: Iterable[str]) -> None:
-    """Remove incident thumbnails once the rows that pointed at them are gone for good."""
-    storage = Incident._meta.get_field("thumbnail").storage
-    for name in names:
-        try:
-            storage.delete(name)
-        except OSError:  # a missing or locked file must not break the admin
-            logger.warning("Could not delete incident thumbnail %s", name, exc_info=True)
+def _log_all(
+    model_admin: admin.ModelAdmin, request: HttpRequest, objs: list[Any], message: str
+) -> None:
+    for obj in objs:
+        model_admin.log_change(request, obj, message)
 
 
 @admin.register(Analysis)
@@ -217,37 +181,11 @@ class AnalysisAdmin(admin.ModelAdmin):
 
     # --- actions ---------------------------------------------------------------------
 
-    def _transition(
-        self,
-        request: HttpRequest,
-        queryset: QuerySet[Analysis],
-        allowed: Iterable[str],
-        changes: dict[str, Any],
-        message: str,
-    ) -> tuple[int, int]:
-        """Apply `changes` to the selected analyses whose status is in `allowed`.
-
-        Returns (changed, skipped)."""
-        allowed = tuple(allowed)
-        selected = list(queryset.select_related("camera"))
-        eligible = [a for a in selected if a.status in allowed]
-        with transaction.atomic():
-            changed = Analysis.objects.filter(
-                pk__in=[a.pk for a in eligible], status__in=allowed
-            ).update(**changes, updated_at=timezone.now())
-        for obj in eligible:
-            self.log_change(request, obj, message)
-        return changed, len(selected) - changed
-
     @admin.action(description="Queue selected analyses", permissions=["change"])
     def queue(self, request: HttpRequest, queryset: QuerySet[Analysis]) -> None:
-        changed, skipped = self._transition(
-            request,
-            queryset,
-            QUEUEABLE,
-            {"status": Status.QUEUED, "error_message": "", **LEASE_CLEARED},
-            "Queued from the admin.",
-        )
+        result = actions.queue(queryset)
+        _log_all(self, request, result.eligible, "Queued from the admin.")
+        changed, skipped = result.changed, result.skipped
         self.message_user(request, f"Queued {_count(changed)}.", messages.SUCCESS)
         if skipped:
             self.message_user(
@@ -258,14 +196,9 @@ class AnalysisAdmin(admin.ModelAdmin):
 
     @admin.action(description="Stop selected analyses", permissions=["change"])
     def stop(self, request: HttpRequest, queryset: QuerySet[Analysis]) -> None:
-        # Clearing the lease tells the worker holding it to let go at its next heartbeat.
-        changed, skipped = self._transition(
-            request,
-            queryset,
-            STOPPABLE,
-            {"status": Status.STOPPED, **LEASE_CLEARED},
-            "Stopped from the admin.",
-        )
+        result = actions.stop(queryset)
+        _log_all(self, request, result.eligible, "Stopped from the admin.")
+        changed, skipped = result.changed, result.skipped
         self.message_user(request, f"Stopped {_count(changed)}.", messages.SUCCESS)
         if skipped:
             self.message_user(
@@ -280,12 +213,25 @@ class AnalysisAdmin(admin.ModelAdmin):
         permissions=["change"],
     )
     def rerun(self, request: HttpRequest, queryset: QuerySet[Analysis]) -> TemplateResponse | None:
-        analyses = list(queryset.select_related("camera").order_by("pk"))
-        ids = [a.pk for a in analyses]
         if request.method == "POST" and request.POST.get("post") == "yes":
-            self._rerun(request, analyses)
+            result = actions.rerun(queryset)
+            _log_all(
+                self,
+                request,
+                result.analyses,
+                "Re-run from the admin: scores and incidents deleted.",
+            )
+            self.message_user(
+                request,
+                f"Re-queued {_count(len(result.analyses))}; deleted "
+                f"{_count(result.scores_deleted, 'score', 'scores')} and "
+                f"{_count(result.incidents_deleted, 'incident', 'incidents')}.",
+                messages.SUCCESS,
+            )
             return None  # back to the changelist, like delete_selected
 
+        analyses = list(queryset.select_related("camera").order_by("pk"))
+        ids = [a.pk for a in analyses]
         score_counts = dict(
             FrameScore.objects.filter(analysis_id__in=ids)
             .order_by()
@@ -330,33 +276,6 @@ class AnalysisAdmin(admin.ModelAdmin):
                 f"admin/{opts.app_label}/rerun_confirmation.html",
             ],
             context,
-        )
-
-    def _rerun(self, request: HttpRequest, analyses: list[Analysis]) -> None:
-        ids = [a.pk for a in analyses]
-        with transaction.atomic():
-            # Lock the rows (PostgreSQL) so a worker cannot claim one halfway through.
-            list(Analysis.objects.select_for_update().filter(pk__in=ids).values_list("pk"))
-            incidents = Incident.objects.filter(analysis_id__in=ids)
-            thumbnails = [
-                name
-                for name in incidents.exclude(thumbnail="").values_list("thumbnail", flat=True)
-                if name
-            ]
-            scores_deleted, _ = FrameScore.objects.filter(analysis_id__in=ids).delete()
-            incidents_deleted, _ = incidents.delete()
-            Analysis.objects.filter(pk__in=ids).update(
-                **SUMMARY_RESET, status=Status.QUEUED, updated_at=timezone.now()
-            )
-            # Files are not transactional: remove them only once the rows are gone for good.
-            transaction.on_commit(lambda: _delete_files(thumbnails))
-        for obj in analyses:
-            self.log_change(request, obj, "Re-run from the admin: scores and incidents deleted.")
-        self.message_user(
-            request,
-            f"Re-queued {_count(len(ids))}; deleted {_count(scores_deleted, 'score', 'scores')} "
-            f"and {_count(incidents_deleted, 'incident', 'incidents')}.",
-            messages.SUCCESS,
         )
 
 
@@ -436,21 +355,15 @@ class IncidentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Acknowledge selected incidents", permissions=["change"])
     def acknowledge(self, request: HttpRequest, queryset: QuerySet[Incident]) -> None:
-        now = timezone.now()
-        pending = list(queryset.filter(acknowledged_at__isnull=True).select_related("analysis"))
-        total = queryset.count()
-        # Conditional update: an incident acknowledged meanwhile keeps its first acknowledger.
-        changed = Incident.objects.filter(
-            pk__in=[i.pk for i in pending], acknowledged_at__isnull=True
-        ).update(acknowledged_by=request.user, acknowledged_at=now)
-        for obj in pending:
-            self.log_change(request, obj, "Acknowledged.")
+        result = actions.acknowledge(queryset, request.user)
+        _log_all(self, request, result.pending, "Acknowledged.")
+        changed, skipped = result.changed, result.skipped
         self.message_user(
             request, f"Acknowledged {_count(changed, 'incident', 'incidents')}.", messages.SUCCESS
         )
-        if total - changed:
+        if skipped:
             self.message_user(
                 request,
-                f"Skipped {_count(total - changed, 'incident', 'incidents')} already acknowledged.",
+                f"Skipped {_count(skipped, 'incident', 'incidents')} already acknowledged.",
                 messages.WARNING,
             )

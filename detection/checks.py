@@ -190,4 +190,25 @@ def check_video_dirs(
     ]
 
 
-ALL_CHECKS: tuple[Check, ...] = (check_model, check_pretrained, check_device, check_video_dirs)
+def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    if backend.endswith("InMemoryChannelLayer"):
+        return [
+            Warning(
+                "The in-memory channel layer only reaches websockets in this process: live "
+                "pages will not see scores from run_detector workers.",
+                hint="It is for unit tests only. Unset CHANNELS_LAYER (embedded SQLite "
+                "layer) or set REDIS_URL.",
+                id="detection.W003",
+            )
+        ]
+    return []
+
+
+ALL_CHECKS: tuple[Check, ...] = (
+    check_model,
+    check_pretrained,
+    check_device,
+    check_video_dirs,
+    check_channel_layer,
+)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -15,6 +17,7 @@ from django.utils import timezone
 from . import webhooks
 from .engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
 from .engine.scoring import Box
+from .frames import latest_frame_path
 from .live import Publisher
 from .models import Analysis, FrameScore, Incident
 
@@ -102,6 +105,7 @@ class Recorder:
             )
             for i in items
         ]
+        previous_index = a.last_frame_index
         previous = a.frames_scored
         total = previous + len(items)
         batch_sum = sum(i.score for i in items)
@@ -136,6 +140,8 @@ class Recorder:
             a.save(update_fields=fields)
             changed = [self._apply(event, item) for event, item in events]
         for item in items:
+            # `previous` lets a page notice a message it missed and ask for a resync.
+            item_previous, previous_index = previous_index, item.frame_index
             self.publisher.publish(
                 a.pk,
                 "score",
@@ -147,10 +153,14 @@ class Recorder:
                     "normal": item.normal,
                     "anomaly": item.anomaly,
                     "threshold": a.threshold,
+                    "previous": item_previous,
+                    # Wall time of publishing, for measuring score-to-browser latency.
+                    "published_at": time.time(),
                 },
             )
         for incident in filter(None, changed):
             self._announce(incident)
+        self._write_latest_frame(items[-1])
 
     def _apply(self, event: IncidentEvent, item: ScoredItem) -> Incident | None:
         state = event.incident
@@ -182,6 +192,26 @@ class Recorder:
         self.incident.save(update_fields=["end_time_s", "ended_at"])
         closed, self.incident = self.incident, None
         return closed
+
+    def _write_latest_frame(self, item: ScoredItem) -> None:
+        """The newest scored frame for the live page, replaced atomically (best effort)."""
+        path = latest_frame_path(self.analysis.pk)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".part")
+            partial.write_bytes(thumbnail_jpeg(item.image, item.box))
+            os.replace(partial, path)  # readers never see a half-written JPEG
+        except OSError as exc:
+            log.warning("analysis %s: cannot write the live frame: %s", self.analysis.pk, exc)
+            return
+        self.publisher.publish(
+            self.analysis.pk,
+            "frame",
+            {
+                "frame_index": item.frame_index,
+                "url": f"/analyses/{self.analysis.pk}/frame.jpg?v={item.frame_index}",
+            },
+        )
 
     def _thumbnail(self, item: ScoredItem) -> None:
         assert self.incident is not None

@@ -10,6 +10,11 @@ urlpatterns = [
     path("analyses/<int:pk>/", views.analysis_detail, name="analysis"),
     path("analyses/<int:pk>/scores.csv", exports.scores_csv, name="scores_csv"),
     path("analyses/<int:pk>/scores.json", exports.scores_json, name="scores_json"),
+    path("analyses/<int:pk>/frame.jpg", views.latest_frame, name="frame"),
+    path("analyses/<int:pk>/queue/", views.queue_analysis, name="queue"),
+    path("analyses/<int:pk>/stop/", views.stop_analysis, name="stop"),
+    path("analyses/<int:pk>/rerun/", views.rerun_analysis, name="rerun"),
+    path("incidents/<int:pk>/acknowledge/", views.acknowledge, name="acknowledge"),
     path("upload/", uploads.upload_video, name="upload"),
     path("image/", uploads.analyze_image_page, name="image"),
 ]

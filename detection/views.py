@@ -1,33 +1,74 @@
-"""The analysis page: configuration, status, summary, incidents and stored scores."""
+"""The analysis page, its latest-frame image, and the operators' buttons.
+
+Every view starts from `visible_analyses` / `visible_incidents`: hidden and missing objects
+answer the same 404, so nobody can probe for ids.
+"""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+import json
+import math
 
-from .access import visible_analyses
-from .models import FrameScore
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST, require_safe
+
+from . import actions
+from .access import visible_analyses, visible_incidents
+from .frames import latest_frame_path
+from .models import Analysis, FrameScore, Incident
+from .series import display_series
 
 SCORES_PER_PAGE = 100
+# A live camera collects incidents for months; the page shows the newest, the admin all.
+INCIDENTS_SHOWN = 100
+CHANGE_PERMISSION = "detection.change_analysis"
 
 
-def _metadata_rows(metadata: object) -> list[tuple[str, object]]:
+def _display_value(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return format(value, ".6g") if math.isfinite(value) else str(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
+
+
+def _metadata_rows(metadata: object) -> list[tuple[str, str]]:
     # The worker writes a flat dict; anything else (an old list, null) is not a table.
     if not isinstance(metadata, dict):
         return []
-    return sorted((str(key), value) for key, value in metadata.items())
+    return sorted((str(key), _display_value(value)) for key, value in metadata.items())
+
+
+def is_live_view(analysis: Analysis) -> bool:
+    """Live cameras and file analyses still in progress get the websocket view."""
+    return analysis.camera.is_live or analysis.status in actions.STOPPABLE
 
 
 @login_required
 def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    # Hidden and missing analyses answer the same 404: no probing for ids.
     analysis = get_object_or_404(visible_analyses(request.user).select_related("camera"), pk=pk)
     scores = FrameScore.objects.filter(analysis=analysis).order_by("frame_index")
     # get_page() turns junk or out-of-range ?page= into the first or last page, not a 500.
     page = Paginator(scores, SCORES_PER_PAGE).get_page(request.GET.get("page"))
-    incidents = analysis.incidents.select_related("acknowledged_by").order_by("start_time_s", "id")
+    live = is_live_view(analysis)
+    incidents = analysis.incidents.select_related("acknowledged_by")
+    # Live: newest first, like the socket's list; results: in the order they happened.
+    incidents = incidents.order_by(*(("-started_at", "-id") if live else ("start_time_s", "id")))
+    incident_list = list(incidents[:INCIDENTS_SHOWN])
+    frame_url = ""
+    if latest_frame_path(analysis.pk).exists():
+        version = analysis.last_frame_index if analysis.last_frame_index is not None else 0
+        frame_url = f"{reverse('detection:frame', args=[analysis.pk])}?v={version}"
     return render(
         request,
         "analysis.html",
@@ -37,7 +78,109 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "normal_prompts": analysis.prompt_list("normal"),
             "anomaly_prompts": analysis.prompt_list("anomaly"),
             "metadata": _metadata_rows(analysis.metadata),
-            "incidents": incidents,
+            "incidents": incident_list,
+            "incidents_total": incidents.count()
+            if len(incident_list) == INCIDENTS_SHOWN
+            else len(incident_list),
             "page": page,
+            "live": live,
+            "series": None if live else display_series(analysis),
+            "ws_path": f"/ws/analyses/{analysis.pk}/",
+            "frame_url": frame_url,
+            "can_change": request.user.has_perm(CHANGE_PERMISSION),
+            "can_queue": analysis.status in actions.QUEUEABLE,
+            "can_stop": analysis.status in actions.STOPPABLE,
         },
     )
+
+
+@login_required
+@require_safe
+def latest_frame(request: HttpRequest, pk: int) -> FileResponse:
+    """The worker's latest scored frame (with the localisation box), never cached."""
+    analysis = get_object_or_404(visible_analyses(request.user), pk=pk)
+    try:
+        # The worker replaces the file atomically, so an open handle reads one whole JPEG.
+        handle = latest_frame_path(analysis.pk).open("rb")
+    except FileNotFoundError:
+        raise Http404("No frame scored yet.") from None
+    response = FileResponse(handle, content_type="image/jpeg")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.get_preferred_type(["text/html", "application/json"]) == "application/json"
+
+
+@login_required
+@require_POST
+def acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
+    incident = get_object_or_404(visible_incidents(request.user).select_related("analysis"), pk=pk)
+    result = actions.acknowledge(Incident.objects.filter(pk=incident.pk), request.user)
+    incident = Incident.objects.select_related("acknowledged_by", "analysis").get(pk=incident.pk)
+    if _wants_json(request):
+        return JsonResponse(
+            {
+                "ok": True,
+                "changed": bool(result.changed),
+                "incident": actions.incident_payload(incident),
+            }
+        )
+    if result.changed:
+        messages.success(request, "Incident acknowledged.")
+    else:
+        who = incident.acknowledged_by.get_username() if incident.acknowledged_by else "someone"
+        messages.info(request, f"The incident was already acknowledged by {who}.")
+    return redirect(incident.analysis)
+
+
+def _changeable(request: HttpRequest, pk: int) -> Analysis:
+    # Visibility first: a hidden analysis is a 404 for everyone, permitted or not.
+    analysis = get_object_or_404(visible_analyses(request.user), pk=pk)
+    if not request.user.has_perm(CHANGE_PERMISSION):
+        raise PermissionDenied
+    return analysis
+
+
+def _report(request: HttpRequest, result: actions.Transition, done: str, skipped: str) -> None:
+    if result.changed:
+        messages.success(request, done)
+    else:
+        messages.warning(request, skipped)
+
+
+@login_required
+@require_POST
+def queue_analysis(request: HttpRequest, pk: int) -> HttpResponse:
+    analysis = _changeable(request, pk)
+    result = actions.queue(Analysis.objects.filter(pk=analysis.pk))
+    _report(
+        request,
+        result,
+        "Queued: a worker will pick it up shortly.",
+        "Not queued: it is already queued or running.",
+    )
+    return redirect(analysis)
+
+
+@login_required
+@require_POST
+def stop_analysis(request: HttpRequest, pk: int) -> HttpResponse:
+    analysis = _changeable(request, pk)
+    result = actions.stop(Analysis.objects.filter(pk=analysis.pk))
+    _report(request, result, "Stopped.", "Not stopped: it was neither queued nor running.")
+    return redirect(analysis)
+
+
+@login_required
+@require_POST
+def rerun_analysis(request: HttpRequest, pk: int) -> HttpResponse:
+    analysis = _changeable(request, pk)
+    result = actions.rerun(Analysis.objects.filter(pk=analysis.pk))
+    messages.success(
+        request,
+        f"Re-queued; deleted {actions.count(result.scores_deleted, 'score', 'scores')} and "
+        f"{actions.count(result.incidents_deleted, 'incident', 'incidents')}.",
+    )
+    return redirect(analysis)

@@ -17,6 +17,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from detection.routing import websocket_urlpatterns as detection_routes  # noqa: E402
+
 
 class UnknownPathConsumer(WebsocketConsumer):
     """Closes sockets that match no route.
@@ -29,8 +31,9 @@ class UnknownPathConsumer(WebsocketConsumer):
         self.close()
 
 
-# Routes arrive with the live pages (detection/routing.py); the catch-all stays last.
+# The app's routes first; the catch-all stays last.
 websocket_urlpatterns = [
+    *detection_routes,
     re_path(r"", UnknownPathConsumer.as_asgi()),
 ]
 

@@ -69,6 +69,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves collected static files (Chart.js included) when DEBUG is off; no CDN, no nginx.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -128,17 +130,50 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channels -------------------------------------------------------------------------
 
+# The channel layer carries scores from worker processes to the websockets of the web
+# server. `auto`: Redis when REDIS_URL is set, else the embedded SQLite layer
+# (channels-lite, in its own database file so its polling never contends with the
+# worker's writes to the main database). `memory` only reaches consumers in the same
+# process: unit tests only (pyproject sets it for pytest; a system check warns).
 REDIS_URL = get_optional_str("REDIS_URL")
-if REDIS_URL:
+CHANNELS_LAYER = get_str("CHANNELS_LAYER", "auto", choices=("auto", "redis", "sqlite", "memory"))
+if CHANNELS_LAYER == "auto":
+    CHANNELS_LAYER = "redis" if REDIS_URL else "sqlite"
+if CHANNELS_LAYER == "redis":
+    if not REDIS_URL:
+        raise ImproperlyConfigured("CHANNELS_LAYER=redis needs REDIS_URL")
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # A page that falls behind loses messages rather than stalling the worker: the
+            # page resyncs from the database (see detection/consumers.py).
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 10},
+        }
+    }
+elif CHANNELS_LAYER == "sqlite":
+    INSTALLED_APPS.append("channels_lite")
+    DATABASES["channels"] = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": get_path("CHANNELS_DB_PATH", VAR_DIR / "channels.sqlite3"),
+        "OPTIONS": {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        },
+    }
+    DATABASE_ROUTERS = ["portal.db_routers.ChannelsDatabaseRouter"]
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_lite.layers.core.SQLiteChannelLayer",
+            "CONFIG": {
+                "database": "channels",
+                "polling_interval": 0.05,
+                "expiry": 10,
+                "capacity": 1000,
+            },
         }
     }
 else:
-    # In-memory only reaches consumers in this process, so a separate worker cannot
-    # publish through it; an embedded cross-process layer arrives with the live pages.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # --- Auth -----------------------------------------------------------------------------
@@ -166,6 +201,18 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = "media/"
+# WhiteNoise's default follows settings.DEBUG at run time, which pytest-django turns off:
+# follow DJANGO_DEBUG instead, so development and tests never look for collected files.
+WHITENOISE_AUTOREFRESH = DEBUG
+if not DEBUG:
+    # Hashed, compressed names for far-future caching; needs `collectstatic`. Development and
+    # tests keep Django's default storage so they run without collecting first.
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {
+            "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        },
+    }
 MEDIA_ROOT = get_path("MEDIA_ROOT", VAR_DIR / "media")
 
 # --- Detection ------------------------------------------------------------------------

@@ -168,7 +168,16 @@ def django_db_modify_db_settings(
 
 
 @pytest.fixture
-def subprocess_env(tiny_model: TinyModel, settings) -> dict[str, str]:
+def media(tmp_path: Path, settings) -> Path:
+    """MEDIA_ROOT in tmp_path/media; video files may be read anywhere in tmp_path."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+    settings.DETECTION_VIDEO_DIRS = [tmp_path]
+    return tmp_path
+
+
+@pytest.fixture
+def subprocess_env(tiny_model: TinyModel, settings, media: Path) -> dict[str, str]:
     """Environment for manage.py subprocesses that share the test database and settings."""
     from django.db import connection
 

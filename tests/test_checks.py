@@ -153,3 +153,18 @@ def test_it_does_not_warn_about_a_media_root_that_uploads_will_create(tmp_path):
     media: Path = tmp_path / "media"
     with override_settings(MEDIA_ROOT=media, DETECTION_VIDEO_DIRS=[media]):
         assert checks.check_video_dirs() == []
+
+
+# --- channel layer --------------------------------------------------------------------
+
+
+@override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}})
+def test_it_warns_about_the_in_memory_channel_layer():
+    assert _ids(checks.check_channel_layer()) == ["detection.W003"]
+
+
+@override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": "channels_lite.layers.core.SQLiteChannelLayer"}}
+)
+def test_it_accepts_a_cross_process_channel_layer():
+    assert checks.check_channel_layer() == []

@@ -17,7 +17,14 @@ from portal import env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Variables the settings read; the parent's values must not leak into a subprocess.
-_SETTINGS_PREFIXES = ("DJANGO_", "DETECTION_", "DATABASE_URL", "REDIS_URL", "MEDIA_ROOT")
+_SETTINGS_PREFIXES = (
+    "DJANGO_",
+    "DETECTION_",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "MEDIA_ROOT",
+    "CHANNELS_",
+)
 
 
 def _clean_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -154,7 +161,7 @@ def test_it_has_safe_development_defaults(tmp_path):
     assert values["DEBUG"] is True
     assert values["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
     assert values["INSTALLED_APPS"][0] == "daphne"
-    assert values["LAYER"] == {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    assert values["LAYER"]["BACKEND"] == "channels_lite.layers.core.SQLiteChannelLayer"
     assert values["BATCH"] == 16
     assert values["DEVICE"] == "auto"
     assert values["LOGIT_SCALE"] is None
@@ -176,8 +183,20 @@ def test_it_uses_redis_for_channels_when_redis_url_is_set(tmp_path):
     layer = _settings(tmp_path, REDIS_URL="redis://127.0.0.1:6379/3")["LAYER"]
     assert layer == {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": ["redis://127.0.0.1:6379/3"]},
+        "CONFIG": {"hosts": ["redis://127.0.0.1:6379/3"], "capacity": 1000, "expiry": 10},
     }
+
+
+def test_it_uses_the_embedded_sqlite_layer_without_redis(tmp_path):
+    values = _settings(tmp_path, CHANNELS_DB_PATH=str(tmp_path / "ch.sqlite3"))
+    assert values["LAYER"]["BACKEND"] == "channels_lite.layers.core.SQLiteChannelLayer"
+    assert values["LAYER"]["CONFIG"]["database"] == "channels"
+    assert "channels_lite" in values["INSTALLED_APPS"]
+
+
+def test_it_refuses_the_redis_layer_without_a_url(tmp_path):
+    error = _settings_error(tmp_path, CHANNELS_LAYER="redis")
+    assert "CHANNELS_LAYER=redis needs REDIS_URL" in error
 
 
 def test_it_reads_detection_settings(tmp_path):

@@ -35,14 +35,6 @@ class RecordingPublisher:
         return [p for _, k, p in self.messages if k == kind]
 
 
-@pytest.fixture
-def media(tmp_path, settings):
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.MEDIA_ROOT.mkdir()
-    settings.DETECTION_VIDEO_DIRS = [tmp_path]
-    return tmp_path
-
-
 def file_analysis(path, **fields) -> Analysis:
     camera = CameraFactory(kind="file", source=str(path))
     fields = {"status": "queued", "normal_prompts": NORMAL, "anomaly_prompts": ANOMALY, **fields}

@@ -1,0 +1,60 @@
+"""The score time series of a finished analysis, thinned for display.
+
+A browser draws a few thousand points comfortably; a long video at a high sampling rate has
+hundreds of thousands. Above `max_points` the series is cut into buckets of consecutive
+scores and each bucket keeps its lowest and its highest score (in frame order), so spikes
+and dips survive and the overall peak is always kept. Exports never use this: they stream
+every stored score.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .models import Analysis, FrameScore
+
+MAX_POINTS = 2000
+CHUNK_SIZE = 5000
+
+Point = dict[str, Any]
+
+
+def _point(frame_index: int, time_s: float, score: float) -> Point:
+    return {"i": frame_index, "t": time_s, "s": score}
+
+
+def display_series(analysis: Analysis, max_points: int = MAX_POINTS) -> dict[str, Any]:
+    """{"points": [{"i", "t", "s"}...], "total", "decimated", "peak"} for json_script."""
+    scores = FrameScore.objects.filter(analysis=analysis).order_by("frame_index")
+    total = scores.count()
+    rows = scores.values_list("frame_index", "time_s", "score").iterator(chunk_size=CHUNK_SIZE)
+    # Two points per bucket: the bucket's minimum and maximum.
+    per_bucket = max(1, math.ceil(total / max(1, max_points // 2)))
+    decimated = total > max_points
+    points: list[Point] = []
+    peak: Point | None = None
+    bucket: list[tuple[int, float, float]] = []
+
+    def flush() -> None:
+        if not bucket:
+            return
+        low = min(bucket, key=lambda r: r[2])
+        high = max(bucket, key=lambda r: r[2])
+        for row in sorted({low, high}, key=lambda r: r[0]):
+            points.append(_point(*row))
+        bucket.clear()
+
+    for row in rows:
+        if not math.isfinite(row[2]):
+            continue  # NaN is not JSON and not a score worth drawing
+        if peak is None or row[2] > peak["s"]:
+            peak = _point(*row)
+        if not decimated:
+            points.append(_point(*row))
+            continue
+        bucket.append(row)
+        if len(bucket) >= per_bucket:
+            flush()
+    flush()
+    return {"points": points, "total": total, "decimated": decimated, "peak": peak}

@@ -1,0 +1,389 @@
+/* clipwatch live: the analysis websocket (reconnecting, gap-free) and the score chart.
+ *
+ * window.clipwatch.connect(path, handlers) opens ws(s)://<host><path>, reconnects with
+ * capped exponential backoff and jitter, asks for `?after=<last frame index>` on reconnect,
+ * and resyncs when a score's `previous` is not the last frame index held. Handlers:
+ *   onSnapshot(msg, append)  scores to replace the chart with (append=false) or to add
+ *   onScore(msg)             one new score, in order, never twice
+ *   onMessage(msg)           status, progress, incident, frame
+ *   onState(state, detail)   connecting | live | reconnecting | denied | gone
+ * No build step, no dependency but Chart.js (for scoreChart), no innerHTML with data.
+ */
+(function () {
+  "use strict";
+
+  const BASE_DELAY_MS = 500;
+  const MAX_DELAY_MS = 15000;
+  const CLOSE_FORBIDDEN = 4403;
+  const CLOSE_NOT_FOUND = 4404;
+
+  function socketUrl(path, after) {
+    const url = new URL(path, window.location.href);
+    url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
+    if (after !== null) url.searchParams.set("after", String(after));
+    return url.toString();
+  }
+
+  // Half fixed, half random: clients that lost the server together do not return together.
+  function backoff(attempt) {
+    const cap = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** Math.min(attempt, 10));
+    return cap / 2 + Math.random() * (cap / 2);
+  }
+
+  function connect(path, handlers) {
+    let ws = null;
+    let timer = null;
+    let attempt = 0;
+    let stopped = false;
+    let last = null; // frame_index of the newest score held
+    let resyncing = false;
+
+    const emit = (name, ...args) => {
+      if (typeof handlers[name] === "function") handlers[name](...args);
+    };
+
+    function open() {
+      timer = null;
+      if (stopped) return;
+      emit("onState", attempt ? "reconnecting" : "connecting", {});
+      let socket;
+      try {
+        socket = new WebSocket(socketUrl(path, last));
+      } catch (err) {
+        // A malformed URL or a blocked scheme: retry later rather than break the page.
+        const delay = backoff(attempt++);
+        emit("onState", "reconnecting", { delay });
+        timer = window.setTimeout(open, delay);
+        return;
+      }
+      ws = socket;
+      socket.addEventListener("message", (event) => {
+        if (ws !== socket) return;
+        let msg;
+        try {
+          msg = JSON.parse(event.data);
+        } catch (err) {
+          return;
+        }
+        if (msg && typeof msg.type === "string") handle(msg);
+      });
+      socket.addEventListener("close", (event) => {
+        if (ws !== socket) return; // an old socket we already replaced
+        ws = null;
+        resyncing = false;
+        if (stopped) return;
+        if (event.code === CLOSE_FORBIDDEN || event.code === CLOSE_NOT_FOUND) {
+          stopped = true; // retrying cannot help; a reload (and a login) might
+          emit("onState", event.code === CLOSE_FORBIDDEN ? "denied" : "gone", {});
+          return;
+        }
+        const delay = backoff(attempt++);
+        emit("onState", "reconnecting", { delay });
+        timer = window.setTimeout(open, delay);
+      });
+    }
+
+    // Start again from the newest window: the stored series was replaced (a re-run).
+    function restart() {
+      last = null;
+      attempt = 0;
+      if (ws) ws.close();
+      else if (timer === null) open();
+    }
+
+    function handle(msg) {
+      if (msg.type === "snapshot") {
+        attempt = 0;
+        resyncing = false;
+        // A resync or reconnect snapshot holds exactly what we missed; a truncated one
+        // skipped older scores, so it starts a new series.
+        const append = Boolean(msg.resync) && !msg.truncated && last !== null;
+        let scores = Array.isArray(msg.scores) ? msg.scores : [];
+        if (append) scores = scores.filter((s) => s.frame_index > last);
+        if (scores.length) last = scores[scores.length - 1].frame_index;
+        else if (!append) last = null;
+        emit("onState", "live", {});
+        emit("onSnapshot", { ...msg, scores }, append);
+        return;
+      }
+      if (msg.type === "score") {
+        if (resyncing) return; // the resync snapshot will contain it
+        const previous = msg.previous === undefined ? null : msg.previous;
+        if (last !== null) {
+          if (previous === null) return restart(); // the server holds nothing older
+          if (msg.frame_index <= last) return; // already held (it came with a snapshot)
+          if (previous > last) {
+            resyncing = true;
+            ws.send(JSON.stringify({ type: "resync", after: last }));
+            return;
+          }
+          if (previous < last) return restart(); // the series went backwards
+        }
+        last = msg.frame_index;
+        emit("onScore", msg);
+        return;
+      }
+      if (msg.type === "status" && msg.reset) restart();
+      emit("onMessage", msg);
+    }
+
+    // Back online: no need to sit out the rest of a long backoff.
+    window.addEventListener("online", () => {
+      if (timer !== null) {
+        window.clearTimeout(timer);
+        open();
+      }
+    });
+
+    open();
+    return {
+      close() {
+        stopped = true;
+        if (timer !== null) window.clearTimeout(timer);
+        if (ws) ws.close(1000);
+      },
+      get lastFrameIndex() {
+        return last;
+      },
+    };
+  }
+
+  // --- Small DOM helpers (textContent only) -------------------------------------------------
+
+  const STATE_TEXT = {
+    connecting: "connecting…",
+    live: "live",
+    reconnecting: "reconnecting…",
+    denied: "no access: reload the page",
+    gone: "analysis not found",
+  };
+
+  function showState(el, state, detail) {
+    if (!el) return;
+    el.dataset.state = state;
+    let text = STATE_TEXT[state] || state;
+    if (state === "reconnecting" && detail && detail.delay) {
+      text = `reconnecting in ${Math.ceil(detail.delay / 1000)} s…`;
+    }
+    el.textContent = text;
+  }
+
+  function label(value) {
+    const text = String(value || "");
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  function badge(cls, text) {
+    const span = document.createElement("span");
+    span.className = `badge ${cls}`;
+    span.textContent = text;
+    return span;
+  }
+
+  // A status badge inside `holder`, e.g. <span class="badge status-running">Running</span>.
+  function setStatusBadge(holder, status) {
+    if (!holder || typeof status !== "string" || !/^[a-z_]+$/.test(status)) return;
+    holder.replaceChildren(badge(`status-${status}`, label(status)));
+  }
+
+  function scoreBadge(score, threshold) {
+    return score >= threshold ? badge("badge-anomaly", "Anomaly") : badge("badge-normal", "Normal");
+  }
+
+  function seconds(value) {
+    if (Math.abs(value) < 60) return `${Number(value.toFixed(1))} s`;
+    const total = Math.round(value);
+    const h = Math.floor(total / 3600);
+    const m = Math.floor((total % 3600) / 60);
+    const s = String(total % 60).padStart(2, "0");
+    return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+  }
+
+  function clock(ms) {
+    return new Date(ms).toLocaleTimeString([], { hour12: false });
+  }
+
+  // --- The score chart -------------------------------------------------------------------------
+
+  const COLORS = {
+    line: "#1f6feb",
+    anomaly: "#b42318",
+    threshold: "#93370d",
+    peak: "#6e1a11",
+    grid: "#eaecf0",
+  };
+
+  // Fill the canvas white, so the downloaded PNG is not transparent.
+  const whiteBackground = {
+    id: "clipwatchBackground",
+    beforeDraw(chart) {
+      const { ctx, width, height } = chart;
+      ctx.save();
+      ctx.globalCompositeOperation = "destination-over";
+      ctx.fillStyle = "#ffffff";
+      ctx.fillRect(0, 0, width, height);
+      ctx.restore();
+    },
+  };
+
+  // A score as a chart point: x is wall-clock ms (live cameras) or seconds from the start.
+  function toPoint(score, useClock) {
+    let x = score.time_s;
+    if (useClock) x = score.captured_at ? Date.parse(score.captured_at) : Date.now();
+    return { x, y: score.score, i: score.frame_index };
+  }
+
+  /* opts: threshold, window (points kept; 0 = all), compact, clock, peak ({x, y}) */
+  function scoreChart(canvas, opts) {
+    let threshold = opts.threshold;
+    const limit = opts.window || 0;
+    const compact = Boolean(opts.compact);
+    const points = [];
+    const thresholdLine = [];
+    const anomalous = (ctx) => Boolean(ctx.raw) && ctx.raw.y >= threshold;
+    const formatX = (v) => {
+      if (!points.length) return ""; // no made-up axis before the first score
+      return opts.clock ? clock(v) : seconds(v);
+    };
+
+    const datasets = [
+      {
+        label: "Anomaly score",
+        data: points,
+        parsing: false,
+        borderColor: COLORS.line,
+        borderWidth: compact ? 1.5 : 2,
+        // Highlight anomalous points; plain ones vanish when there are many.
+        pointRadius: (ctx) =>
+          anomalous(ctx) ? (compact ? 2 : 3.5) : compact || points.length > 300 ? 0 : 2,
+        pointBackgroundColor: (ctx) => (anomalous(ctx) ? COLORS.anomaly : COLORS.line),
+        pointBorderColor: (ctx) => (anomalous(ctx) ? COLORS.anomaly : COLORS.line),
+        segment: {
+          borderColor: (ctx) => (ctx.p1.parsed.y >= threshold ? COLORS.anomaly : undefined),
+        },
+      },
+      {
+        label: `Threshold ${threshold}`,
+        data: thresholdLine,
+        parsing: false,
+        borderColor: COLORS.threshold,
+        borderDash: [6, 4],
+        borderWidth: 1,
+        pointRadius: 0,
+        pointHitRadius: 0,
+      },
+    ];
+    if (opts.peak) {
+      datasets.push({
+        label: `Peak ${opts.peak.y.toFixed(3)}`,
+        data: [{ x: opts.peak.x, y: opts.peak.y, i: opts.peak.i }],
+        parsing: false,
+        showLine: false,
+        order: -1, // drawn on top of the series
+        pointStyle: "triangle",
+        pointRadius: 9,
+        pointHoverRadius: 10,
+        backgroundColor: COLORS.peak,
+        borderColor: COLORS.peak,
+        pointBackgroundColor: COLORS.peak,
+        pointBorderColor: "#ffffff",
+        pointBorderWidth: 1.5,
+      });
+    }
+
+    const chart = new window.Chart(canvas, {
+      type: "line",
+      data: { datasets },
+      plugins: [whiteBackground],
+      options: {
+        animation: false,
+        responsive: true,
+        maintainAspectRatio: false,
+        normalized: true,
+        interaction: { mode: "nearest", axis: "x", intersect: false },
+        scales: {
+          x: {
+            type: "linear",
+            grid: { display: !compact, color: COLORS.grid },
+            title: { display: !compact, text: opts.clock ? "time" : "time from start" },
+            ticks: { display: !compact, maxTicksLimit: 8, callback: formatX },
+          },
+          y: {
+            min: 0,
+            max: 1,
+            grid: { color: COLORS.grid },
+            title: { display: !compact, text: "anomaly score" },
+            ticks: { display: !compact, stepSize: 0.2 },
+          },
+        },
+        plugins: {
+          legend: { display: !compact, labels: { boxHeight: 2 } },
+          tooltip: {
+            enabled: !compact,
+            filter: (item) => item.datasetIndex !== 1,
+            callbacks: {
+              title: (items) => (items.length ? formatX(items[0].raw.x) : ""),
+              label: (item) => {
+                const frame = item.raw.i === undefined ? "" : ` (frame ${item.raw.i})`;
+                return `${item.dataset.label}: ${item.raw.y.toFixed(3)}${frame}`;
+              },
+            },
+          },
+        },
+      },
+    });
+
+    function syncThreshold() {
+      thresholdLine.length = 0;
+      if (points.length) {
+        thresholdLine.push({ x: points[0].x, y: threshold });
+        thresholdLine.push({ x: points[points.length - 1].x, y: threshold });
+      }
+    }
+
+    function add(list) {
+      for (const p of list) {
+        if (Number.isFinite(p.x) && Number.isFinite(p.y)) points.push(p);
+      }
+      if (limit && points.length > limit) points.splice(0, points.length - limit);
+      syncThreshold();
+      chart.update("none");
+    }
+
+    return {
+      chart,
+      add,
+      replace(list) {
+        points.length = 0;
+        add(list);
+      },
+      setThreshold(value) {
+        if (!Number.isFinite(value) || value === threshold) return;
+        threshold = value;
+        datasets[1].label = `Threshold ${value}`;
+        syncThreshold();
+        chart.update("none");
+      },
+    };
+  }
+
+  function downloadPNG(chart, filename) {
+    const link = document.createElement("a");
+    link.href = chart.toBase64Image("image/png", 1);
+    link.download = filename;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
+
+  window.clipwatch = {
+    connect,
+    showState,
+    setStatusBadge,
+    scoreBadge,
+    scoreChart,
+    toPoint,
+    downloadPNG,
+    seconds,
+  };
+})();

@@ -1,0 +1,184 @@
+"""Scores from a real `run_detector` reach a websocket on a real daphne, across processes.
+
+Once through the embedded SQLite layer and once through Redis (TEST_REDIS_URL, set by
+.ci/run). The client logs in with a real session cookie, as a browser would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+import websockets
+from django.test import Client
+
+from detection.models import Analysis, FrameScore
+from tests.conftest import ROOT
+from tests.factories import AnalysisFactory, CameraFactory, UserFactory
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tiny_settings")]
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+async def watch(url: str, cookie: str, origin: str, stop_when, timeout: float = 60):
+    """Collect score messages until `stop_when(messages)`; resync on a gap, as the page does."""
+    scores: dict[int, dict] = {}
+    latencies: list[float] = []
+    last = None
+    async with websockets.connect(
+        url, additional_headers={"Cookie": cookie}, origin=origin, open_timeout=10
+    ) as ws:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not stop_when(scores):
+            try:
+                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=1))
+            except TimeoutError:
+                continue
+            if message["type"] == "snapshot":
+                for s in message["scores"]:
+                    scores[s["frame_index"]] = s
+                last = max(scores, default=last)
+            elif message["type"] == "score":
+                latencies.append(time.time() - message["published_at"])
+                if message["previous"] != last and last is not None:
+                    await ws.send(json.dumps({"type": "resync", "after": last}))
+                scores[message["frame_index"]] = message
+                last = max(last or 0, message["frame_index"])
+    return scores, latencies
+
+
+def run_live(tmp_path, make_video, subprocess_env, layer_env: dict[str, str]):
+    env = {**subprocess_env, **layer_env}
+    if layer_env.get("CHANNELS_LAYER") == "sqlite":
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "migrate_channels"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+    viewer = UserFactory(username="watcher")
+    client = Client()
+    client.force_login(viewer)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    clip = make_video("live.avi", frames=300, fps=10.0)
+    camera = CameraFactory(kind="file", source=str(clip), viewers=[viewer])
+    analysis = AnalysisFactory(camera=camera, status="queued", sampling_fps=5.0)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "portal.asgi:application",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "daphne.log").open("w"),
+    )
+    worker = None
+    try:
+        wait_for_port(port)
+
+        async def scenario():
+            nonlocal worker
+            url = f"ws://127.0.0.1:{port}/ws/analyses/{analysis.pk}/"
+            task = asyncio.create_task(
+                watch(url, cookie, f"http://127.0.0.1:{port}", lambda s: len(s) >= 150)
+            )
+            await asyncio.sleep(1.5)  # connected and subscribed before the first score
+            worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "manage.py"),
+                    "run_detector",
+                    "--once",
+                    "--poll",
+                    "0.2",
+                    "--batch-size",
+                    "4",
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            return await task
+
+        scores, latencies = asyncio.run(scenario())
+    finally:
+        server.terminate()
+        if worker is not None:
+            worker.wait(timeout=60)
+        server.wait(timeout=10)
+    stored = list(
+        FrameScore.objects.filter(analysis=analysis)
+        .order_by("frame_index")
+        .values_list("frame_index", "score")
+    )
+    final = Analysis.objects.get(pk=analysis.pk)
+    assert final.status == "completed", final.error_message
+    assert len(stored) == 150
+    # Every stored score reached the page, with the stored value: live or by resync.
+    assert [(i, pytest.approx(scores[i]["score"])) for i, _ in stored] == stored
+    assert latencies, "no score arrived live (everything came from the snapshot)"
+    p50 = statistics.median(latencies)
+    p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) >= 20 else max(latencies)
+    print(
+        f"\nscore-to-socket latency over {len(latencies)} scores: "
+        f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
+    )
+    return p50, p95
+
+
+def test_it_carries_scores_across_processes_through_the_embedded_layer(
+    tmp_path, make_video, subprocess_env
+):
+    p50, _ = run_live(
+        tmp_path,
+        make_video,
+        subprocess_env,
+        {"CHANNELS_LAYER": "sqlite", "CHANNELS_DB_PATH": str(tmp_path / "channels.sqlite3")},
+    )
+    assert p50 < 1.0
+
+
+@pytest.mark.skipif(
+    not REDIS_URL, reason="TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0)"
+)
+def test_it_carries_scores_across_processes_through_redis(tmp_path, make_video, subprocess_env):
+    p50, _ = run_live(
+        tmp_path, make_video, subprocess_env, {"CHANNELS_LAYER": "redis", "REDIS_URL": REDIS_URL}
+    )
+    assert p50 < 1.0
