@@ -209,9 +209,7 @@ if not DEBUG:
     # tests keep Django's default storage so they run without collecting first.
     STORAGES = {
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-        "staticfiles": {
-            "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        },
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
     }
 MEDIA_ROOT = get_path("MEDIA_ROOT", VAR_DIR / "media")
 

@@ -20,5 +20,6 @@ class Command(BaseCommand):
         if "channels" not in settings.DATABASES:
             self.stdout.write(f"channel layer: {settings.CHANNELS_LAYER}; nothing to migrate")
             return
-        call_command("migrate", database="channels", interactive=False,
-                     verbosity=options["verbosity"])
+        call_command(
+            "migrate", database="channels", interactive=False, verbosity=options["verbosity"]
+        )
