@@ -194,6 +194,8 @@ def test_it_streams_a_large_export_in_chunks(client, viewer, monkeypatch, name):
     assert anomalies == 2000  # scores 0.6 .. 0.9 in every ten
 
 
+# Closing a response sends request_finished, whose handler checks the database connection.
+@pytest.mark.django_db(transaction=True)
 async def test_it_streams_asynchronously_under_asgi():
     # Under ASGI Django reads a sync iterator into a list before sending it; the export must
     # hand ASGI an async iterator instead, pulling one piece at a time, and close the rows'
