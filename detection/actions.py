@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from .live import incident_message
 from .models import Analysis, FrameScore, Incident
 
 logger = logging.getLogger(__name__)
@@ -74,13 +75,6 @@ class Acknowledgement:
     changed: int
     skipped: int
     pending: list[Incident] = field(default_factory=list)
-
-
-def incident_payload(incident: Incident) -> dict[str, Any]:
-    """An incident as the live pages see it (the socket's own format)."""
-    from .consumers import incident_dict  # lazy: keeps the admin free of consumer imports
-
-    return incident_dict(incident)
 
 
 def _publish_after_commit(analysis_id: int, kind: str, payload: dict[str, Any]) -> None:
@@ -181,6 +175,6 @@ def acknowledge(queryset: QuerySet[Incident], user: Any) -> Acknowledgement:
         for incident in Incident.objects.filter(
             pk__in=[i.pk for i in pending], acknowledged_by=user, acknowledged_at=now
         ).select_related("acknowledged_by"):
-            payload = incident_payload(incident)
+            payload = incident_message(incident)
             _publish_after_commit(incident.analysis_id, "incident", payload)
     return Acknowledgement(changed=changed, skipped=total - changed, pending=pending)

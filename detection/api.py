@@ -37,11 +37,10 @@ from .engine import (
     load_image,
     load_model,
     score_video,
-    summarize,
     validate_sampling_fps,
 )
 from .engine.images import ImageInput
-from .engine.pipeline import Stopwatch
+from .engine.pipeline import Stopwatch, run_metadata
 from .engine.prompts import Prompts, normalize_prompts
 from .engine.video import DEFAULT_BLACK_LEVEL
 
@@ -223,30 +222,12 @@ def analyze_video(
         for f in frames
     ]
     metadata: dict[str, Any] = {
-        "total_frames": stats.frames_decoded,
-        "total_seconds": stats.total_seconds,
-        **summarize(frames, threshold),
-        "frames_scored": len(frames),
+        **run_metadata(stats, frames, threshold, scorer),
         "sampling_rate_fps": float(sampling_rate_fps),
-        "fps": stats.fps,
-        "fps_source": stats.fps_source,
-        "header_fps": stats.header_fps,
-        "header_frames": stats.header_frames,
-        "header_mismatch": stats.header_mismatch,
-        "ended_early": stats.ended_early,
-        "black_frames_skipped": stats.black_frames_skipped,
         "skip_black_frames": skip_black_frames,
-        "width": stats.width,
-        "height": stats.height,
-        "codec": stats.codec,
-        "warnings": stats.warnings,
-        "logit_scale": scorer.logit_scale,
-        "normal_prompts": list(scorer.normal_prompts),
-        "anomaly_prompts": list(scorer.anomaly_prompts),
         "batch_size": batch_size,
         "processing_seconds": seconds,
         "scored_frames_per_second": len(frames) / seconds if seconds > 0 else None,
-        **loaded.describe(),
     }
     return {"status": "Success", "error_message": None, "data": data, "metadata": metadata}
 

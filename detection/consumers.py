@@ -20,7 +20,7 @@ from django.contrib.sessions.backends.base import SessionBase
 
 from .access import visible_analyses
 from .frames import latest_frame_path
-from .live import group_name
+from .live import group_name, incident_message
 from .models import FrameScore
 
 log = logging.getLogger(__name__)
@@ -53,23 +53,6 @@ def score_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def incident_dict(incident: Any) -> dict[str, Any]:
-    return {
-        "id": incident.pk,
-        "start_time_s": incident.start_time_s,
-        "end_time_s": incident.end_time_s,
-        "peak_score": incident.peak_score,
-        "peak_time_s": incident.peak_time_s,
-        "open": incident.is_open,
-        "acknowledged_by": incident.acknowledged_by.get_username()
-        if incident.acknowledged_by
-        else None,
-        "acknowledged_at": incident.acknowledged_at.isoformat()
-        if incident.acknowledged_at
-        else None,
-    }
-
-
 def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] | None:
     """The snapshot message, or None when the user may not see the analysis."""
     analysis = visible_analyses(user).select_related("camera").filter(pk=analysis_id).first()
@@ -98,7 +81,7 @@ def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] |
         "window_size": analysis.window_size,
         "is_live": analysis.camera.is_live,
         "scores": [score_dict(r) for r in scores],
-        "incidents": [incident_dict(i) for i in incidents],
+        "incidents": [incident_message(i) for i in incidents],
         "frame_url": f"/analyses/{analysis.pk}/frame.jpg?v={analysis.last_frame_index}"
         if frame.exists()
         else None,

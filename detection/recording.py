@@ -18,7 +18,7 @@ from . import webhooks
 from .engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
 from .engine.scoring import Box
 from .frames import latest_frame_path
-from .live import Publisher
+from .live import Publisher, incident_message
 from .models import Analysis, FrameScore, Incident
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class Recorder:
             self.incident = None
 
     def _announce(self, incident: Incident) -> None:
-        payload = incident_payload(incident)
+        payload = incident_message(incident)
         self.publisher.publish(self.analysis.pk, "incident", payload)
         if self.analysis.webhook_url:
             webhooks.send(
@@ -245,14 +245,3 @@ class Recorder:
                     "incident": payload,
                 },
             )
-
-
-def incident_payload(incident: Incident) -> dict[str, object]:
-    return {
-        "id": incident.pk,
-        "start_time_s": incident.start_time_s,
-        "end_time_s": incident.end_time_s,
-        "peak_score": incident.peak_score,
-        "peak_time_s": incident.peak_time_s,
-        "open": incident.is_open,
-    }

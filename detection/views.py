@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST, require_safe
 from . import actions
 from .access import visible_analyses, visible_incidents
 from .frames import latest_frame_path
+from .live import incident_message
 from .models import Analysis, FrameScore, Incident
 from .series import display_series
 
@@ -124,7 +125,7 @@ def acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
             {
                 "ok": True,
                 "changed": bool(result.changed),
-                "incident": actions.incident_payload(incident),
+                "incident": incident_message(incident),
             }
         )
     if result.changed:

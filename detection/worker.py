@@ -32,7 +32,7 @@ from cameras.models import Camera
 from . import conf, leases
 from .engine import EngineError, LoadedModel, Scorer, VideoReader, load_model
 from .engine.motion import MotionGate
-from .engine.pipeline import prefetch, summarize
+from .engine.pipeline import prefetch, run_metadata, summarize
 from .engine.preprocess import fit_frame, to_tensor
 from .engine.scoring import encode_images
 from .engine.video import DEFAULT_BLACK_LEVEL
@@ -442,26 +442,13 @@ class Worker:
         stats = job.reader.stats
         job.recorder.close_open_incident(stats.total_seconds)
         scores = list(FrameScore.objects.filter(analysis_id=job.pk).order_by("frame_index"))
-        summary = summarize([_as_scored(s) for s in scores], job.analysis.threshold)
+        scored = [_as_scored(s) for s in scores]
+        summary = summarize(scored, job.analysis.threshold)
         metadata = {
             **job.analysis.metadata,  # what the upload recorded (original name, size)
-            "total_frames": stats.frames_decoded,
-            "total_seconds": stats.total_seconds,
-            **summary,
-            "frames_scored": len(scores),
-            "fps": stats.fps,
-            "fps_source": stats.fps_source,
-            "header_fps": stats.header_fps,
-            "header_frames": stats.header_frames,
-            "header_mismatch": stats.header_mismatch,
-            "ended_early": stats.ended_early,
-            "black_frames_skipped": stats.black_frames_skipped,
-            "width": stats.width,
-            "height": stats.height,
-            "codec": stats.codec,
-            "warnings": stats.warnings,
-            "logit_scale": job.scorer.logit_scale,
-            **job.scorer.loaded.describe(),
+            **run_metadata(stats, scored, job.analysis.threshold, job.scorer),
+            "sampling_rate_fps": job.analysis.sampling_fps,
+            "skip_black_frames": job.analysis.skip_black_frames,
         }
         self._drop(
             job,

@@ -154,6 +154,33 @@ def summarize(frames: list[ScoredFrame], threshold: float) -> dict[str, Any]:
     }
 
 
+def run_metadata(
+    stats: VideoStats, frames: list[ScoredFrame], threshold: float, scorer: Scorer
+) -> dict[str, Any]:
+    """The prototype's metadata for a scored file, plus what decoding found and the model."""
+    return {
+        "total_frames": stats.frames_decoded,
+        "total_seconds": stats.total_seconds,
+        **summarize(frames, threshold),
+        "frames_scored": len(frames),
+        "fps": stats.fps,
+        "fps_source": stats.fps_source,
+        "header_fps": stats.header_fps,
+        "header_frames": stats.header_frames,
+        "header_mismatch": stats.header_mismatch,
+        "ended_early": stats.ended_early,
+        "black_frames_skipped": stats.black_frames_skipped,
+        "width": stats.width,
+        "height": stats.height,
+        "codec": stats.codec,
+        "warnings": stats.warnings,
+        "logit_scale": scorer.logit_scale,
+        "normal_prompts": list(scorer.normal_prompts),
+        "anomaly_prompts": list(scorer.anomaly_prompts),
+        **scorer.loaded.describe(),
+    }
+
+
 class Stopwatch:
     def __init__(self) -> None:
         self.start = time.perf_counter()
