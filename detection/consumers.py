@@ -81,6 +81,14 @@ def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] |
         "window_size": analysis.window_size,
         "is_live": analysis.camera.is_live,
         "scores": [score_dict(r) for r in scores],
+        # The summary as stored when this snapshot was read; pages update it per score.
+        "summary": {
+            "frames_scored": analysis.frames_scored,
+            "last_score": analysis.last_score,
+            "peak_score": analysis.peak_score,
+            "peak_time_s": analysis.peak_time_s,
+            "average_score": analysis.average_score,
+        },
         "incidents": [incident_message(i) for i in incidents],
         "frame_url": f"/analyses/{analysis.pk}/frame.jpg?v={analysis.last_frame_index}"
         if frame.exists()

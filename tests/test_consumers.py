@@ -61,6 +61,7 @@ async def test_it_sends_the_last_window_as_a_snapshot(world):
     assert [s["frame_index"] for s in snapshot["scores"]] == list(range(10, 70))
     assert snapshot["threshold"] == analysis.threshold and snapshot["window_size"] == 60
     assert snapshot["status"] == "running" and snapshot["resync"] is False
+    assert snapshot["summary"]["frames_scored"] == analysis.frames_scored
     await ws.disconnect()
 
 

@@ -175,6 +175,39 @@
     setProgress(msg.progress);
   }
 
+  // The Summary card: stored values from each snapshot, then kept current per score.
+  let summary = null;
+
+  function renderSummary() {
+    if (!summary) return;
+    const set = (name, text) => {
+      const el = role(name);
+      if (el) el.textContent = text;
+    };
+    const fmt = (v) => (typeof v === "number" ? v.toFixed(3) : "—");
+    set("sum-frames", String(summary.frames_scored));
+    const last = role("sum-last");
+    if (last && typeof summary.last_score === "number") {
+      last.replaceChildren(`${fmt(summary.last_score)} `, L.scoreBadge(summary.last_score, threshold));
+    }
+    const at = typeof summary.peak_time_s === "number" ? ` at ${summary.peak_time_s.toFixed(2)} s` : "";
+    set("sum-peak", typeof summary.peak_score === "number" ? fmt(summary.peak_score) + at : "—");
+    set("sum-average", fmt(summary.average_score));
+  }
+
+  function countScore(msg) {
+    if (!summary || typeof msg.score !== "number") return;
+    const n = summary.frames_scored;
+    summary.average_score = ((summary.average_score || 0) * n + msg.score) / (n + 1);
+    summary.frames_scored = n + 1;
+    summary.last_score = msg.score;
+    if (typeof summary.peak_score !== "number" || msg.score > summary.peak_score) {
+      summary.peak_score = msg.score;
+      summary.peak_time_s = msg.time_s;
+    }
+    renderSummary();
+  }
+
   function showCurrent(score) {
     if (typeof score !== "number") return;
     const current = role("current-score");
@@ -247,6 +280,10 @@
         if (append) chart.add(points(msg.scores));
         else chart.replace(points(msg.scores));
         if (msg.scores.length) showCurrent(msg.scores[msg.scores.length - 1].score);
+        if (msg.summary) {
+          summary = { ...msg.summary };
+          renderSummary();
+        }
         applyStatus(msg);
         // Newest first: insert the oldest first so the newest ends on top.
         if (Array.isArray(msg.incidents)) msg.incidents.slice().reverse().forEach(upsertIncident);
@@ -259,6 +296,7 @@
         }
         chart.add(points([msg]));
         showCurrent(msg.score);
+        countScore(msg);
       },
       onMessage(msg) {
         if (msg.type === "status") {
