@@ -59,7 +59,17 @@ def to_tensor(fitted_bgr: np.ndarray | Sequence[np.ndarray], loaded: LoadedModel
         batch = batch[None]
     tensor = torch.from_numpy(np.ascontiguousarray(batch))
     if loaded.device != "cpu":
-        tensor = tensor.pin_memory().to(loaded.device, non_blocking=True)
+        tensor = tensor.pin_memory()
+    return normalize(tensor, loaded)
+
+
+def normalize(batch_bgr: torch.Tensor, loaded: LoadedModel) -> torch.Tensor:
+    """A uint8 BGR (N, H, W, 3) tensor, on any device, to the model's normalised input.
+
+    It crosses to the model's device as uint8 (without waiting, when it is in pinned
+    memory), then BGR -> RGB, HWC -> CHW, scaling and normalisation run there.
+    """
+    tensor = batch_bgr.to(loaded.device, non_blocking=True)
     # BGR -> RGB by flipping the channel axis; then HWC -> CHW.
     tensor = tensor.flip(-1).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(loaded.preprocess.mean, device=tensor.device).view(1, 3, 1, 1)

@@ -75,6 +75,14 @@ class VideoStats:
         return data
 
 
+def mean_intensity(image: np.ndarray) -> float:
+    """`image.mean()` (0-255) of a uint8 image, 8x faster: OpenCV's SIMD per-channel means."""
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if channels > 4:
+        return float(image.mean())
+    return sum(cv2.mean(image)[:channels]) / channels
+
+
 def validate_sampling_fps(sampling_fps: float) -> float:
     try:
         value = float(sampling_fps)
@@ -180,7 +188,7 @@ class VideoReader:
                     break
                 k += 1
                 next_index = max(index + 1, math.ceil(k * step - 1e-9))
-                if skip_black and float(image.mean()) < black_level:
+                if skip_black and mean_intensity(image) < black_level:
                     stats.black_frames_skipped += 1
                 else:
                     stats.frames_sampled += 1

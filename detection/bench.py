@@ -1,0 +1,1017 @@
+"""The speed benchmark: the prototype's loop, `analyze_video` and the worker, side by side.
+
+    python manage.py bench [VIDEO] [--fps 1] [--model ViT-B-16] [--repeats 2] [--json out.json]
+
+All paths run in one process, interleaved (prototype, API, worker, prototype, ...), on the
+same video, sampling rate and architecture, so a busy machine slows them alike:
+
+1. the prototype's loop, reimplemented faithfully: `cv2.VideoCapture.read()` of every frame;
+   for each sampled frame BGR->RGB, `PIL.Image.fromarray`, open_clip's own preprocess
+   transform, a batch of 1 through the fp32 model, normalised features and
+   `softmax(100 * cos)` against text features computed once per video;
+2. `detection.api.analyze_video` (the project's precision, batches, decoding in a thread);
+3. the worker: a file analysis claimed and run to completion by `Worker(once=True)`, every
+   score stored (timed from claim, `started_at`, to completion, `finished_at`).
+
+Also measured: the ceiling (the best measured matmul rate at large square sizes in the
+chosen precision / the model's FLOPs per image, counted with `FlopCounterMode`), the
+encoder alone at the chosen precision, and the live capacity: N simulated 25-fps cameras
+(`PacedFileSource`) scored at 1 frame/s each by one worker; a camera count is held when
+no scored frame was older than 2 s when stored and every camera was scored at >= 95 % of
+its rate (measured between captures).
+
+The engine parts need no Django; `worker_run` and `live_capacity` need a configured
+database (the management command makes a temporary one, tests use pytest-django's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from .engine import ModelSpec, load_model
+from .engine.device import cpu_isa
+from .engine.loader import LoadedModel
+
+DEFAULT_VIDEO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "vtest.avi"
+NORMAL = "a quiet campus path with people walking"
+ANOMALY = "a person lying on the ground after a fall"
+CAMERA_COUNTS = (1, 2, 4, 8, 16)
+MAX_AGE_S = 2.0
+MIN_RATE_FRACTION = 0.95  # of the sampling rate, for the slowest camera
+PROTOTYPE_SCALE = 100.0
+
+
+@dataclass
+class Run:
+    """One timed pass of one path over the video."""
+
+    path: str
+    frames: int
+    seconds: float
+    precision: str = "fp32"  # what the path really ran (from its own metadata)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class LiveResult:
+    cameras: int
+    seconds: float
+    scored: int  # frames captured inside the measuring window and stored
+    min_rate: float  # scored frames/s of the slowest camera
+    age_p50: float | None
+    age_p95: float | None
+    age_max: float | None
+    held: bool
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    video: dict[str, Any]
+    model: dict[str, Any]
+    ceiling: dict[str, Any]
+    encoder: dict[str, Any]
+    paths: dict[str, dict[str, Any]]
+    live: list[dict[str, Any]] = field(default_factory=list)
+    live_held: int | None = None
+    peak_rss_mib: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the machine and the ceiling -------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine_info() -> dict[str, Any]:
+    import open_clip
+
+    model_name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model_name,
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "isa": cpu_isa(),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "opencv": cv2.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "opencv_threads": cv2.getNumThreads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def matmul_gflops(
+    dtype: torch.dtype, device: str = "cpu", sizes: Sequence[int] | None = None, repeats: int = 3
+) -> float:
+    """The best measured square-matmul rate in GFLOP/s (2 n^3 FLOPs per product)."""
+    if sizes is None:
+        sizes = (4096, 8192) if device.startswith("cuda") else (1024, 2048, 4096)
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm-up: kernel selection
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def model_gflops(loaded: LoadedModel) -> float:
+    """FLOPs of one `encode_image` call (multiply and add counted apart), in GFLOP.
+
+    PyTorch's fused attention kernels are invisible to `FlopCounterMode`, so the count runs
+    with nn.MultiheadAttention's fast path off and the math attention backend (plain
+    matmuls). ViT-B-16: 35.13 GFLOP, as open_clip's model profile says.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = loaded.preprocess.size
+    pixels = torch.zeros(1, 3, h, w, device=loaded.device, dtype=loaded.dtype)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with (
+            torch.no_grad(),
+            sdpa_kernel(SDPBackend.MATH),
+            FlopCounterMode(display=False) as counter,
+        ):
+            loaded.model.encode_image(pixels)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops() / 1e9
+
+
+def encoder_images_per_s(loaded: LoadedModel, batch_size: int, repeats: int = 3) -> float:
+    """The image tower alone on a ready batch at the model's precision: best of `repeats`."""
+    h, w = loaded.preprocess.size
+    pixels = torch.randn(batch_size, 3, h, w, device=loaded.device).to(loaded.dtype)
+    best = math.inf
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up: oneDNN/cuDNN pick and cache their kernels
+            loaded.model.encode_image(pixels)
+        for _ in range(repeats):
+            _sync(loaded.device)
+            start = time.perf_counter()
+            loaded.model.encode_image(pixels)
+            _sync(loaded.device)
+            best = min(best, time.perf_counter() - start)
+    return batch_size / best
+
+
+# --- path 1: the prototype's loop ------------------------------------------------------------
+
+
+def prototype_model(spec: ModelSpec) -> LoadedModel:
+    """The prototype's model: the same architecture and weights, fp32, on the CPU.
+
+    Loaded through open_clip's `create_model_and_transforms` like the prototype; only
+    `model`, `tokenizer` and open_clip's own transform (`reference_transform`) are used.
+    """
+    return load_model(replace(spec, device="cpu", precision="fp32"))
+
+
+def prototype_run(
+    proto: LoadedModel, video: str | Path, normal: str, anomaly: str, sampling_fps: float
+) -> tuple[Run, list[float]]:
+    """The prototype's loop, faithfully: every frame read, PIL, batch of 1, fp32."""
+    from PIL import Image
+
+    model, transform = proto.model, proto.reference_transform
+    start = time.perf_counter()
+    with torch.no_grad():
+        text = model.encode_text(proto.tokenizer([normal, anomaly]))
+        text = text / text.norm(dim=-1, keepdim=True)
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    interval = max(1, int(fps / sampling_fps))
+    scores: list[float] = []
+    index = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if index % interval == 0:
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            if rgb.mean() >= 10:  # the prototype skipped black frames
+                image = transform(Image.fromarray(rgb)).unsqueeze(0)
+                with torch.no_grad():
+                    features = model.encode_image(image)
+                    features = features / features.norm(dim=-1, keepdim=True)
+                    probs = (PROTOTYPE_SCALE * features @ text.T).softmax(dim=-1)
+                scores.append(float(probs[0, 1]))
+        index += 1
+    cap.release()
+    return Run("prototype", len(scores), time.perf_counter() - start), scores
+
+
+# --- path 2: analyze_video -------------------------------------------------------------------
+
+
+def api_run(
+    video: str | Path,
+    normal: str,
+    anomaly: str,
+    sampling_fps: float,
+    spec: ModelSpec | None = None,
+    batch_size: int | None = None,
+) -> Run:
+    from .api import analyze_video
+
+    start = time.perf_counter()
+    result = analyze_video(video, normal, anomaly, sampling_fps, spec=spec, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    if result["status"] != "Success":
+        raise RuntimeError(f"analyze_video failed: {result['error_message']}")
+    return Run("analyze_video", len(result["data"]), seconds, result["metadata"]["precision"])
+
+
+# --- path 3: the worker ----------------------------------------------------------------------
+
+
+def worker_run(
+    video: str | Path,
+    normal: str,
+    anomaly: str,
+    sampling_fps: float,
+    batch_size: int | None = None,
+    publisher: Any = None,
+) -> Run:
+    """A file analysis run to completion by `Worker(once=True)`, scores stored.
+
+    Needs a migrated database and `video` inside DETECTION_VIDEO_DIRS or MEDIA_ROOT. Timed
+    from the claim (`started_at`) to completion (`finished_at`): the model is already
+    loaded in this process, as in a worker that has been serving for a while.
+    """
+    from cameras.models import Camera
+
+    from .models import Analysis
+    from .worker import Worker
+
+    camera = Camera.objects.create(name="bench file", kind=Camera.Kind.FILE, source=str(video))
+    analysis = Analysis.objects.create(
+        camera=camera,
+        name="bench",
+        normal_prompts=normal,
+        anomaly_prompts=anomaly,
+        sampling_fps=sampling_fps,
+        status=Analysis.Status.QUEUED,
+    )
+    try:
+        kwargs: dict[str, Any] = {"publisher": publisher} if publisher is not None else {}
+        worker = Worker(once=True, analysis_id=analysis.pk, batch_size=batch_size, **kwargs)
+        worker.run()
+        analysis.refresh_from_db()
+        if analysis.status != Analysis.Status.COMPLETED:
+            raise RuntimeError(
+                f"the worker left the analysis {analysis.status}: {analysis.error_message}"
+            )
+        seconds = (analysis.finished_at - analysis.started_at).total_seconds()
+        precision = analysis.metadata.get("precision", "?")
+        return Run("worker", analysis.scores.count(), seconds, precision)
+    finally:
+        camera.delete()  # cascades to the analysis and its scores
+
+
+# --- live capacity ---------------------------------------------------------------------------
+
+
+class AgePublisher:
+    """Passes messages on and keeps, per score, its age when stored (publish - capture)."""
+
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner
+        self.ages: list[tuple[int, float, float]] = []  # (analysis, captured, age)
+        self._lock = threading.Lock()
+
+    def publish(self, analysis_id: int, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "score" and payload.get("captured_at"):
+            from datetime import datetime
+
+            captured = datetime.fromisoformat(payload["captured_at"]).timestamp()
+            with self._lock:
+                self.ages.append((analysis_id, captured, payload["published_at"] - captured))
+        if self.inner is not None:
+            self.inner.publish(analysis_id, kind, payload)
+
+
+def make_camera_clip(
+    source: str | Path,
+    out: Path,
+    fps: float = 25.0,
+    seconds: float = 8.0,
+) -> Path:
+    """A `seconds`-long copy of `source` re-timed to `fps` (MPEG-4 part 2): a 25-fps camera."""
+    cap = cv2.VideoCapture(str(source))
+    ok, frame = cap.read()
+    if not ok:
+        raise RuntimeError(f"{source}: no frame decodes")
+    h, w = frame.shape[:2]
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for _ in range(int(fps * seconds)):
+        writer.write(frame)
+        ok, frame = cap.read()
+        if not ok:
+            cap.release()
+            cap = cv2.VideoCapture(str(source))
+            ok, frame = cap.read()
+    writer.release()
+    cap.release()
+    return out
+
+
+def live_capacity(
+    clip: str | Path,
+    counts: Sequence[int] = CAMERA_COUNTS,
+    *,
+    sampling_fps: float = 1.0,
+    warmup_s: float = 3.0,
+    measure_s: float = 10.0,
+    max_age_s: float = MAX_AGE_S,
+    batch_size: int | None = None,
+    normal: str = NORMAL,
+    anomaly: str = ANOMALY,
+    stop_after_miss: bool = True,
+    on_result: Callable[[LiveResult], None] | None = None,
+) -> list[LiveResult]:
+    """N simulated cameras (`clip` paced in real time, looping) on one worker, per N.
+
+    Each count gets a fresh worker and fresh analyses of webcam cameras whose source is
+    replaced by a `PacedFileSource` (the only bench-only substitution). Frames captured in
+    the first `warmup_s` seconds (sources opening) are not counted. A count is held when
+    no counted frame was older than `max_age_s` when stored and the slowest camera was
+    scored at >= 95 % of `sampling_fps` (`_slowest_rate`).
+    """
+    from cameras import sources
+    from cameras.models import Camera
+
+    from .live import ChannelPublisher
+    from .models import Analysis
+    from .worker import Worker
+
+    results = []
+    real_open = sources.open_source
+
+    def paced(kind: str, source: str | int, **options: Any) -> sources.LiveSource:
+        return sources.PacedFileSource(clip, loop=True, **options)
+
+    sources.open_source = paced
+    try:
+        for n in counts:
+            cameras = [
+                Camera.objects.create(name=f"bench cam {i}", kind=Camera.Kind.WEBCAM, source=str(i))
+                for i in range(n)
+            ]
+            for camera in cameras:
+                Analysis.objects.create(
+                    camera=camera,
+                    name=f"bench live {camera.pk}",
+                    normal_prompts=normal,
+                    anomaly_prompts=anomaly,
+                    sampling_fps=sampling_fps,
+                    motion_gating=False,  # every due frame is scored: the worst case
+                    status=Analysis.Status.QUEUED,
+                )
+            publisher = AgePublisher(ChannelPublisher())
+            worker = Worker(
+                publisher=publisher,
+                batch_size=batch_size,
+                poll_seconds=0.5,
+                max_jobs=max(n, 16),
+            )
+            started = time.time()
+            # Frames captured until the end of the window get `max_age_s` more to be stored.
+            timer = threading.Timer(
+                warmup_s + measure_s + max_age_s, lambda w=worker: setattr(w, "stopping", True)
+            )
+            timer.start()
+            try:
+                worker.run()
+            finally:
+                timer.cancel()
+                worker.stopping = True
+            window_start = started + warmup_s
+            window_end = started + warmup_s + measure_s
+            counted = [
+                (pk, captured, age)
+                for pk, captured, age in publisher.ages
+                if window_start <= captured < window_end
+            ]
+            ages = sorted(age for _, _, age in counted)
+            age_max = ages[-1] if ages else None
+            min_rate = _slowest_rate(
+                [a.pk for a in Analysis.objects.filter(camera__in=cameras)], counted
+            )
+            result = LiveResult(
+                cameras=n,
+                seconds=measure_s,
+                scored=len(counted),
+                min_rate=min_rate,
+                age_p50=_quantile(ages, 0.5),
+                age_p95=_quantile(ages, 0.95),
+                age_max=age_max,
+                held=age_max is not None
+                and age_max <= max_age_s
+                and min_rate >= MIN_RATE_FRACTION * sampling_fps,
+            )
+            for camera in cameras:
+                camera.delete()
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+            if stop_after_miss and not result.held:
+                break
+    finally:
+        sources.open_source = real_open
+    return results
+
+
+def _slowest_rate(analyses: Sequence[int], scores: Sequence[tuple[int, float, float]]) -> float:
+    """Scored frames/s of the slowest camera: (n - 1) / (last - first capture) each.
+
+    Measured between captures, not as a count over the window, so a worker that keeps
+    1 frame/s reads 1.00 whatever the window's phase, and one that falls ~10 % behind
+    reads ~0.90.
+    """
+    times: dict[int, list[float]] = {pk: [] for pk in analyses}
+    for pk, captured, _ in scores:
+        times.setdefault(pk, []).append(captured)
+    rates = [
+        (len(t) - 1) / (max(t) - min(t)) if len(t) > 1 and max(t) > min(t) else 0.0
+        for t in times.values()
+    ]
+    return min(rates, default=0.0)
+
+
+def _loadavg() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.quantile(np.asarray(values), q))
+
+
+# --- the whole benchmark ---------------------------------------------------------------------
+
+
+def run_benchmark(
+    video: str | Path = DEFAULT_VIDEO,
+    *,
+    sampling_fps: float = 1.0,
+    spec: ModelSpec | None = None,
+    repeats: int = 2,
+    batch_size: int | None = None,
+    worker: bool = True,
+    cameras: Sequence[int] = CAMERA_COUNTS,
+    camera_clip: str | Path | None = None,
+    live_measure_s: float = 10.0,
+    live_warmup_s: float = 3.0,
+    matmul_sizes: Sequence[int] | None = None,
+    normal: str = NORMAL,
+    anomaly: str = ANOMALY,
+    log: Callable[[str], None] = lambda _: None,
+) -> Report:
+    """Everything above, interleaved; `spec` None: the configured model (Django settings)."""
+    from .api import _configured
+
+    clock = time.perf_counter()
+    default_spec, default_batch, _ = _configured()
+    spec = spec or default_spec
+    batch_size = batch_size or default_batch
+    video = Path(video)
+
+    log(f"loading {spec.name} ({spec.pretrained}) for the project and the prototype")
+    loaded = load_model(spec)
+    proto = prototype_model(spec)
+
+    log("measuring the ceiling and the encoder alone")
+    load_start = _loadavg()
+    gflops_per_image = model_gflops(loaded)
+    precisions = {"fp32": torch.float32, loaded.precision: loaded.dtype}
+    rates = {
+        name: matmul_gflops(dtype, loaded.device, matmul_sizes)
+        for name, dtype in precisions.items()
+    }
+    encoder = encoder_images_per_s(loaded, batch_size)
+    encoder_fp32 = encoder_images_per_s(proto, 1) if loaded.precision != "fp32" else None
+
+    runs: dict[str, list[Run]] = {"prototype": [], "analyze_video": [], "worker": []}
+    proto_scores: list[float] = []
+    for r in range(repeats):
+        log(f"round {r + 1}/{repeats}: prototype")
+        run, proto_scores = prototype_run(proto, video, normal, anomaly, sampling_fps)
+        runs["prototype"].append(run)
+        log(f"round {r + 1}/{repeats}: analyze_video")
+        runs["analyze_video"].append(
+            api_run(video, normal, anomaly, sampling_fps, spec=spec, batch_size=batch_size)
+        )
+        if worker:
+            log(f"round {r + 1}/{repeats}: worker")
+            runs["worker"].append(worker_run(video, normal, anomaly, sampling_fps, batch_size))
+
+    proto_fps = statistics.median(r.fps for r in runs["prototype"])
+    paths = {}
+    for name, done in runs.items():
+        if not done:
+            continue
+        fps = statistics.median(r.fps for r in done)
+        paths[name] = {
+            "frames": done[0].frames,
+            "fps": fps,
+            "fps_runs": [r.fps for r in done],
+            "seconds_runs": [r.seconds for r in done],
+            "speedup": fps / proto_fps if proto_fps else None,
+            "ceiling_fraction": None,  # below, once the ceiling is final
+            "precision": done[0].precision,
+            "batch_size": 1 if name == "prototype" else batch_size,
+        }
+
+    live: list[LiveResult] = []
+    if cameras:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="clipwatch-bench-") as tmp:
+            clip = camera_clip or make_camera_clip(video, Path(tmp) / "camera25.mp4")
+            log(
+                f"live capacity: {', '.join(map(str, cameras))} simulated cameras at "
+                f"{sampling_fps:g} frame/s each"
+            )
+            live = live_capacity(
+                clip,
+                cameras,
+                sampling_fps=sampling_fps,
+                warmup_s=live_warmup_s,
+                measure_s=live_measure_s,
+                batch_size=batch_size,
+                normal=normal,
+                anomaly=anomaly,
+                on_result=lambda res: log(
+                    f"  {res.cameras} cameras: {'held' if res.held else 'NOT held'} "
+                    f"(max age {res.age_max if res.age_max is not None else float('nan'):.2f} s, "
+                    f"slowest camera {res.min_rate:.2f} frames/s)"
+                ),
+            )
+    held = [r.cameras for r in live if r.held]
+
+    # Measured again at the end, the best kept: a neighbour's burst lowers one measurement,
+    # and the ceiling should be the machine's, not its worst moment (same for the encoder).
+    log("measuring the ceiling and the encoder again")
+    for name, dtype in precisions.items():
+        rates[name] = max(rates[name], matmul_gflops(dtype, loaded.device, matmul_sizes))
+    encoder = max(encoder, encoder_images_per_s(loaded, batch_size))
+    chosen_rate = rates[loaded.precision]
+    ceiling = chosen_rate / gflops_per_image
+    for path in paths.values():
+        rate = rates.get(path["precision"], chosen_rate)
+        path["ceiling_fraction"] = path["fps"] / (rate / gflops_per_image)
+
+    return Report(
+        machine={
+            **machine_info(),
+            "load_average_start": load_start,
+            "load_average_end": _loadavg(),
+        },
+        video={**video_info(video), "sampling_fps": sampling_fps},
+        model={
+            **loaded.describe(),
+            "gflops_per_image": gflops_per_image,
+            "gflops_source": "torch.utils.flop_counter.FlopCounterMode, one encode_image",
+            "prototype_scores_sample": proto_scores[:3],
+        },
+        ceiling={
+            "matmul_gflops": rates,
+            "precision": loaded.precision,
+            "images_per_s": ceiling,
+        },
+        encoder={
+            "precision": loaded.precision,
+            "batch_size": batch_size,
+            "images_per_s": encoder,
+            "ceiling_fraction": encoder / ceiling,
+            # The prototype's setting (fp32, batch 1), when the project uses another precision.
+            "fp32_batch1_images_per_s": encoder_fp32,
+        },
+        paths=paths,
+        live=[asdict(r) for r in live],
+        live_held=max(held) if held else (0 if live else None),
+        peak_rss_mib=peak_rss_mib(),
+        seconds=time.perf_counter() - clock,
+    )
+
+
+def video_info(video: Path) -> dict[str, Any]:
+    """Facts about the benchmark video, for the report."""
+    cap = cv2.VideoCapture(str(video))
+    try:
+        return {
+            "path": str(video),
+            "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            "fps": float(cap.get(cv2.CAP_PROP_FPS)),
+            "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
+        }
+    finally:
+        cap.release()
+
+
+# --- the GPU path: many decoder processes feeding large batches (no Django) -----------------
+
+
+class DecodedChunks(IterableDataset):
+    """Each DataLoader worker decodes `video` `loops` times and fits the sampled frames to
+    the model's input size: uint8 BGR chunks of `chunk` frames, one GPU batch each.
+
+    A worker stands for one file or camera; the chunks cross to the main process through
+    shared memory (PyTorch's DataLoader), so only handles are pickled.
+    """
+
+    def __init__(
+        self, video: str | Path, sampling_fps: float, preprocess: Any, chunk: int, loops: int
+    ) -> None:
+        self.video, self.sampling_fps = str(video), sampling_fps
+        self.preprocess, self.chunk, self.loops = preprocess, chunk, loops
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        from .engine import VideoReader
+        from .engine.preprocess import fit_frame
+
+        cv2.setNumThreads(1)  # one decoder per core: no nested thread pools
+        frames: list[np.ndarray] = []
+        for _ in range(self.loops):
+            with VideoReader(self.video) as reader:
+                for frame in reader.frames(self.sampling_fps):
+                    frames.append(fit_frame(frame.image, self.preprocess))
+                    if len(frames) == self.chunk:
+                        yield torch.from_numpy(np.stack(frames))
+                        frames = []
+        if frames:
+            yield torch.from_numpy(np.stack(frames))
+
+
+def pipeline_run(
+    loaded: LoadedModel,
+    video: str | Path,
+    sampling_fps: float,
+    *,
+    decoders: int,
+    batch_size: int,
+    loops: int,
+    normal: str = NORMAL,
+    anomaly: str = ANOMALY,
+    decode_only: bool = False,
+) -> dict[str, Any]:
+    """`decoders` processes decode and fit frames; the main process scores them in batches.
+
+    The uint8 batches are pinned by the DataLoader, cross to the device without waiting,
+    are normalised there, encoded at the model's precision and scored as the worker does
+    (`encode_images` + `Scorer.score_features`). `decode_only` measures the feeding alone.
+    """
+    from torch.utils.data import DataLoader
+
+    from .engine import Scorer
+    from .engine.preprocess import normalize
+    from .engine.scoring import encode_images
+
+    scorer = Scorer(loaded, normal, anomaly)
+    cuda = loaded.device.startswith("cuda")
+    dataset = DecodedChunks(video, sampling_fps, loaded.preprocess, batch_size, loops)
+    batches = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=decoders,
+        pin_memory=cuda,
+        prefetch_factor=4 if decoders else None,
+    )
+    frames = 0
+    start = time.perf_counter()
+    for chunk in batches:
+        frames += len(chunk)
+        if not decode_only:
+            scorer.score_features(encode_images(loaded, normalize(chunk, loaded)))
+    _sync(loaded.device)
+    seconds = time.perf_counter() - start
+    return {
+        "decoders": decoders,
+        "batch_size": batch_size,
+        "frames": frames,
+        "seconds": seconds,
+        "fps": frames / seconds,
+        "decode_only": decode_only,
+    }
+
+
+def engine_run(
+    loaded: LoadedModel, video: str | Path, sampling_fps: float, batch_size: int
+) -> dict[str, Any]:
+    """What `analyze_video` runs, without Django: one decoder thread, `score_video`."""
+    from .engine import Scorer, VideoReader, score_video
+
+    scorer = Scorer(loaded, NORMAL, ANOMALY)
+    start = time.perf_counter()
+    with VideoReader(video) as reader:
+        frames = sum(
+            len(b) for b in score_video(reader, scorer, sampling_fps, batch_size=batch_size)
+        )
+    seconds = time.perf_counter() - start
+    return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "batch_size": batch_size}
+
+
+def throughput_benchmark(
+    video: str | Path = DEFAULT_VIDEO,
+    *,
+    spec: ModelSpec,
+    sampling_fps: float | None = None,
+    decoders: Sequence[int] = (),
+    batch_sizes: Sequence[int] = (64, 256, 1024),
+    batch_size: int = 256,
+    loops: int = 2,
+    matmul_sizes: Sequence[int] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """The device's throughput, Django-free: for a GPU (scripts/gpu_bench.sh), or any device.
+
+    `sampling_fps` None scores every frame (the file's own rate): at 1 frame/s a GPU would
+    mostly wait for decoding. Each part that fails is reported as an error, not raised, so
+    one run on a lent machine brings back all it can.
+    """
+    clock = time.perf_counter()
+    report: dict[str, Any] = {"machine": machine_info(), "video": video_info(Path(video))}
+    fps = sampling_fps or report["video"]["fps"] or 25.0
+    report["video"]["sampling_fps"] = fps
+    if not decoders:
+        cores = report["machine"]["cores"] or 2
+        decoders = sorted({1, max(1, cores // 2), max(1, cores - 2)})
+
+    def attempt(name: str, fn: Callable[[], Any]) -> Any:
+        log(name)
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - reported; the other parts still run
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"  failed: {result['error']}")
+        else:
+            log(f"  {json.dumps(result, default=str)[:300]}")
+        return result
+
+    loaded = load_model(spec)
+    gflops = model_gflops(loaded)
+    rate = matmul_gflops(loaded.dtype, loaded.device, matmul_sizes)
+    report["model"] = {**loaded.describe(), "gflops_per_image": gflops}
+    report["ceiling"] = {
+        "precision": loaded.precision,
+        "matmul_gflops": rate,
+        "images_per_s": rate / gflops,
+    }
+    report["encoder"] = {
+        str(bs): attempt(
+            f"encoder alone, batch {bs}", lambda bs=bs: encoder_images_per_s(loaded, bs)
+        )
+        for bs in batch_sizes
+    }
+    report["engine"] = attempt(
+        "the engine's own path (one decoder thread, score_video)",
+        lambda: engine_run(loaded, video, fps, batch_size),
+    )
+    report["decode_only"] = [
+        attempt(
+            f"decoding alone, {n} decoder processes",
+            lambda n=n: pipeline_run(
+                loaded,
+                video,
+                fps,
+                decoders=n,
+                batch_size=batch_size,
+                loops=loops,
+                decode_only=True,
+            ),
+        )
+        for n in decoders
+    ]
+    report["pipeline"] = [
+        attempt(
+            f"end to end, {n} decoder processes, batch {batch_size}",
+            lambda n=n: pipeline_run(
+                loaded, video, fps, decoders=n, batch_size=batch_size, loops=loops
+            ),
+        )
+        for n in decoders
+    ]
+    best = max((p.get("fps", 0.0) for p in report["pipeline"]), default=0.0)
+    report["best_fps"] = best
+    report["best_ceiling_fraction"] = best / report["ceiling"]["images_per_s"]
+    report["peak_rss_mib"] = peak_rss_mib()
+    if loaded.device.startswith("cuda"):
+        report["gpu_peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    report["seconds"] = time.perf_counter() - clock
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m detection.bench`: the Django-free throughput benchmark (GPU path)."""
+    import argparse
+    import logging
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m detection.bench",
+        description="Throughput of the engine on a device: encoder alone, the engine's own "
+        "path, and N decoder processes feeding large batches. JSON on stdout.",
+    )
+    parser.add_argument("video", nargs="?", default=str(DEFAULT_VIDEO))
+    parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--fps", type=float, help="frames scored per second (default: all)")
+    parser.add_argument("--decoders", help="decoder process counts, e.g. 1,8,14")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--encoder-batches", default="64,256,1024")
+    parser.add_argument("--loops", type=int, default=2, help="passes over the video per decoder")
+    parser.add_argument("--matmul-sizes", help="square sizes for the ceiling")
+    parser.add_argument("--json", metavar="FILE", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    def ints(text: str | None) -> list[int]:
+        return [int(x) for x in text.split(",") if x.strip()] if text else []
+
+    report = throughput_benchmark(
+        args.video,
+        spec=ModelSpec(args.model, args.pretrained, args.device, args.precision),
+        sampling_fps=args.fps,
+        decoders=ints(args.decoders),
+        batch_sizes=ints(args.encoder_batches),
+        batch_size=args.batch_size,
+        loops=args.loops,
+        matmul_sizes=ints(args.matmul_sizes) or None,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def format_report(report: Report | dict[str, Any]) -> str:
+    """A readable table of the report."""
+    r = report.as_dict() if isinstance(report, Report) else report
+    m, v, c, e, model = r["machine"], r["video"], r["ceiling"], r["encoder"], r["model"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, bf16 ISA: {m['isa']}"
+        f"{', GPU ' + m['cuda'] if m.get('cuda') else ''}; torch {m['torch']} "
+        f"({m['torch_threads']} intra-op threads, {m['torch_interop_threads']} inter-op), "
+        f"open_clip {m['open_clip']}; load average {_s(m.get('load_average_start'), 1)} "
+        f"at the start, {_s(m.get('load_average_end'), 1)} at the end",
+        f"Model: {model['model']} ({model['pretrained']}"
+        f"{', random weights' if model['random_weights'] else ''}) on {model['device']}, "
+        f"{model['precision']}; {model['gflops_per_image']:.2f} GFLOP per image",
+        f"Video: {Path(v['path']).name} {v['width']}x{v['height']}, {v['frames']} frames at "
+        f"{v['fps']:g} fps, sampled at {v['sampling_fps']:g} frame/s",
+    ]
+    if model["device"] == "cpu" and m["isa"] == "none":
+        lines.append("This CPU has no bf16 matrix instructions (AMX, AVX-512 bf16): fp32 path.")
+    busy = max(m.get("load_average_start") or 0, m.get("load_average_end") or 0)
+    if m["cores"] and busy > 0.5 * m["cores"] + 2:
+        lines.append(
+            f"WARNING: the machine was busy (load average {busy:.1f} on {m['cores']} cores): "
+            "these figures are low."
+        )
+    lines += [
+        "",
+        f"{'path':<16}{'precision':>10}{'batch':>7}{'frames':>8}{'frames/s':>10}"
+        f"{'speedup':>9}{'of ceiling*':>13}",
+    ]
+    for name, p in r["paths"].items():
+        lines.append(
+            f"{name:<16}{p['precision']:>10}{p['batch_size']:>7}{p['frames']:>8}"
+            f"{p['fps']:>10.2f}{p['speedup']:>8.2f}x{p['ceiling_fraction']:>12.0%}"
+        )
+    rates = ", ".join(f"{k} {val:.0f}" for k, val in c["matmul_gflops"].items())
+    lines += [
+        f"* of the ceiling of the row's precision (the prototype's: fp32, "
+        f"{c['matmul_gflops']['fp32'] / model['gflops_per_image']:.1f} images/s)",
+        "",
+        f"Ceiling: {c['images_per_s']:.1f} images/s = {c['precision']} matmul "
+        f"{c['matmul_gflops'][c['precision']]:.0f} GFLOP/s / {model['gflops_per_image']:.2f} "
+        f"GFLOP per image (best measured square matmul, GFLOP/s: {rates})",
+        f"Encoder alone: {e['images_per_s']:.1f} images/s ({e['precision']}, batch "
+        f"{e['batch_size']}) = {e['ceiling_fraction']:.0%} of the ceiling"
+        + (
+            f"; fp32 batch 1 (the prototype's setting): {e['fp32_batch1_images_per_s']:.1f}"
+            if e.get("fp32_batch1_images_per_s")
+            else ""
+        ),
+    ]
+    if r["live"]:
+        lines += [
+            "",
+            f"{'cameras':>8}{'held':>6}{'slowest camera':>16}{'age p50':>9}{'p95':>7}{'max':>7}",
+        ]
+        for x in r["live"]:
+            lines.append(
+                f"{x['cameras']:>8}{('yes' if x['held'] else 'no'):>6}"
+                f"{x['min_rate']:>10.2f} fr/s{_s(x['age_p50']):>9}{_s(x['age_p95']):>7}"
+                f"{_s(x['age_max']):>7}"
+            )
+        lines.append(
+            f"Live capacity: {r['live_held']} simulated 25-fps camera(s) scored at "
+            f"{v['sampling_fps']:g} frame/s each by one worker, no scored frame older than "
+            f"{MAX_AGE_S:g} s when stored"
+        )
+    lines += [
+        "",
+        f"Peak RSS: {r['peak_rss_mib']:.0f} MiB (the whole benchmark process, both models); "
+        f"took {r['seconds']:.0f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _s(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_json(report: Report, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report.as_dict(), indent=2, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def temporary_database(folder: Path) -> Iterator[None]:
+    """Point Django at fresh, migrated SQLite databases in `folder` for the duration.
+
+    The same machinery as Django's test runner (`create_test_db`), so nothing of the
+    configured database is read or written; the channel layer's database too, if used.
+    """
+    from django.db import connections
+
+    restore = []
+    try:
+        for alias in ("default", "channels"):
+            if alias not in connections.settings:
+                continue
+            connection = connections[alias]
+            if connection.vendor != "sqlite" and alias == "channels":
+                continue
+            old_name = connection.settings_dict["NAME"]
+            test = connection.settings_dict.setdefault("TEST", {})
+            old_test = test.get("NAME")
+            if connection.vendor == "sqlite":
+                test["NAME"] = str(folder / f"bench-{alias}.sqlite3")
+            connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+            restore.append((connection, old_name, test, old_test))
+        yield
+    finally:
+        for connection, old_name, test, old_test in reversed(restore):
+            connection.creation.destroy_test_db(old_name, verbosity=0)
+            test["NAME"] = old_test
+
+
+if __name__ == "__main__":
+    main()
