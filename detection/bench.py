@@ -22,6 +22,11 @@ its rate (measured between captures).
 
 The engine parts need no Django; `worker_run` and `live_capacity` need a configured
 database (the management command makes a temporary one, tests use pytest-django's).
+
+`python -m detection.bench` is the Django-free throughput benchmark for a GPU (run by
+scripts/gpu_bench.sh): the encoder alone at large batches, the engine's own path, and N
+decoder processes feeding large fp16 batches (`throughput_benchmark`). Results and what
+was tuned: docs/performance.md.
 """
 
 from __future__ import annotations
