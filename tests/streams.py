@@ -39,6 +39,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    """Until something accepts connections on 127.0.0.1:`port` (a server we started)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
 class _Server:
     """Accept loop on 127.0.0.1 that can stop and start again on the same port."""
 

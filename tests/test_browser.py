@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from django.test import Client
 from detection.models import Analysis, FrameScore
 from tests.conftest import ROOT
 from tests.factories import AnalysisFactory, CameraFactory, UserFactory
+from tests.streams import free_port, wait_for_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tiny_settings")]
 
@@ -96,22 +96,6 @@ ws.onmessage = () => { received += 1; };
 ws.onclose = (event) => done({code: event.code, received});
 setTimeout(() => done({code: null, received}), 10000);
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 30, every: float = 0.1):

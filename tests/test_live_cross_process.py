@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,26 +21,11 @@ from django.test import Client
 from detection.models import Analysis, FrameScore
 from tests.conftest import ROOT
 from tests.factories import AnalysisFactory, CameraFactory, UserFactory
+from tests.streams import free_port, wait_for_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tiny_settings")]
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 async def watch(url: str, cookie: str, origin: str, stop_when, timeout: float = 60):
