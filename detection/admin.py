@@ -35,6 +35,30 @@ def _log_all(
         model_admin.log_change(request, obj, message)
 
 
+STATUS_FIELDS = (
+    "status",
+    "progress_percent",
+    "error_message",
+    "lease_owner",
+    "lease_heartbeat_at",
+    "lease_expires_at",
+    "started_at",
+    "finished_at",
+)
+SUMMARY_FIELDS = (
+    "frames_scored",
+    "last_frame_index",
+    "last_score",
+    "peak_score",
+    "peak_time_s",
+    "average_score",
+    "metadata_pretty",
+    "created_by",
+    "created_at",
+    "updated_at",
+)
+
+
 @admin.register(Analysis)
 class AnalysisAdmin(admin.ModelAdmin):
     list_display = (
@@ -51,26 +75,9 @@ class AnalysisAdmin(admin.ModelAdmin):
     list_select_related = ("camera",)
     autocomplete_fields = ("camera",)
     actions = ("queue", "stop", "rerun")
-    readonly_fields = (
-        "live_link",
-        "progress_percent",
-        "error_message",
-        "lease_owner",
-        "lease_heartbeat_at",
-        "lease_expires_at",
-        "started_at",
-        "finished_at",
-        "frames_scored",
-        "last_frame_index",
-        "last_score",
-        "peak_score",
-        "peak_time_s",
-        "average_score",
-        "metadata_pretty",
-        "created_by",
-        "created_at",
-        "updated_at",
-    )
+    # The status and summary groups are filled by the worker and the actions, not by hand;
+    # `status` itself is editable on the add form only (get_readonly_fields).
+    readonly_fields = ("live_link", *STATUS_FIELDS[1:], *SUMMARY_FIELDS)
     fieldsets = (
         (None, {"fields": ("camera", "name", "live_link")}),
         (
@@ -100,16 +107,7 @@ class AnalysisAdmin(admin.ModelAdmin):
         (
             "Status",
             {
-                "fields": (
-                    "status",
-                    "progress_percent",
-                    "error_message",
-                    "lease_owner",
-                    "lease_heartbeat_at",
-                    "lease_expires_at",
-                    "started_at",
-                    "finished_at",
-                ),
+                "fields": STATUS_FIELDS,
                 "description": "Use the Queue, Stop and Re-run actions of the list to "
                 "change the status of an existing analysis.",
             },
@@ -117,18 +115,7 @@ class AnalysisAdmin(admin.ModelAdmin):
         (
             "Summary",
             {
-                "fields": (
-                    "frames_scored",
-                    "last_frame_index",
-                    "last_score",
-                    "peak_score",
-                    "peak_time_s",
-                    "average_score",
-                    "metadata_pretty",
-                    "created_by",
-                    "created_at",
-                    "updated_at",
-                ),
+                "fields": SUMMARY_FIELDS,
             },
         ),
     )

@@ -230,6 +230,24 @@ def wait_for(condition, timeout: float = 60.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+def complete_with_once(analysis: Analysis, env: dict[str, str]) -> None:
+    """Run `run_detector --once`; the 600-frame clip at 5 of 10 fps ends complete, no gap."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    analysis.refresh_from_db()
+    assert analysis.status == "completed"
+    assert list(analysis.scores.values_list("frame_index", flat=True)) == expected_indices(
+        600, 10.0, 5.0
+    )
+
+
 def expected_indices(frames: int, fps: float, rate: float) -> list[int]:
     return list(range(0, frames, round(fps / rate)))
 
@@ -251,20 +269,7 @@ def test_it_finishes_the_batch_and_releases_the_lease_on_sigterm(media, make_vid
     stored = list(analysis.scores.values_list("frame_index", flat=True))
     assert stored == expected_indices(600, 10.0, 5.0)[: len(stored)]  # a prefix, no gaps
     # A restart resumes and completes with exactly the uninterrupted result.
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
-        env=subprocess_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    analysis.refresh_from_db()
-    assert analysis.status == "completed"
-    assert list(analysis.scores.values_list("frame_index", flat=True)) == expected_indices(
-        600, 10.0, 5.0
-    )
+    complete_with_once(analysis, subprocess_env)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -284,20 +289,7 @@ def test_it_resumes_without_duplicates_after_sigkill(media, make_video, subproce
         lambda: Analysis.objects.get(pk=analysis.pk).lease_expires_at < timezone.now(), timeout=10
     )
     # ...until it expires and another worker takes over.
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    analysis.refresh_from_db()
-    assert analysis.status == "completed"
-    assert list(analysis.scores.values_list("frame_index", flat=True)) == expected_indices(
-        600, 10.0, 5.0
-    )
+    complete_with_once(analysis, env)
 
 
 @pytest.mark.django_db(transaction=True)
