@@ -40,6 +40,10 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+# The engine is Django-free like this module; its content check decides what FFmpeg may open.
+from detection.engine.errors import MediaError
+from detection.engine.video import check_video_file
+
 # Same as detection.engine: FFmpeg and OpenCV chatter ("Stream timeout triggered") would
 # flood the worker's stderr on every failed attempt; the source reports errors itself.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
@@ -457,6 +461,10 @@ class PacedFileSource(LiveSource):
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"{self.path}: no such video file")
+        try:
+            check_video_file(self.path)  # local containers only: no playlists, no URLs
+        except MediaError as error:
+            raise SourceError(str(error)) from None
         self.loop = loop
         self.fps = ASSUMED_FPS
         self._due = 0.0  # monotonic time the next frame is due

@@ -92,4 +92,13 @@ def video_path(source: str, allowed: Iterable[Path] | None = None) -> Path:
             code="file_missing",
             params={"value": text},
         )
+    # Content, not name: a playlist or manifest renamed .mp4 would make FFmpeg open other
+    # files or URLs, which a file camera must never do.
+    from detection.engine.errors import MediaError
+    from detection.engine.video import check_video_file
+
+    try:
+        check_video_file(real)
+    except MediaError as error:
+        raise ValidationError("%(reason)s", code="file_content", params={"reason": error}) from None
     return real

@@ -25,10 +25,12 @@ def test_it_prints_a_video_analysis_as_json_with_progress_on_stderr(make_video, 
         "--fps",
         "2",
         "--json",
-        env=tiny_model.env,
+        # Debug logging on: the portal logs to stdout, this command must move it aside.
+        env={**tiny_model.env, "DJANGO_LOG_LEVEL": "DEBUG"},
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)  # stdout holds the JSON and nothing else
+    assert " DEBUG detection." in out.stderr or " INFO detection." in out.stderr, out.stderr
     assert result["status"] == "Success"
     assert [d["frame_index"] for d in result["data"]] == [0, 5, 10, 15, 20, 25, 30, 35]
     assert result["metadata"]["normal_prompts"] == ["a street", "a road"]
@@ -60,7 +62,7 @@ def test_it_prints_an_image_analysis_as_json(tmp_path, tiny_model):
     ("setup", "args", "reason"),
     [
         ("empty", ["--fps", "1"], "the file is empty (0 bytes)"),
-        ("noise", [], "cannot be opened as a video"),
+        ("noise", [], "not an MP4/MOV, AVI or Matroska/WebM file"),
         ("ok", ["--fps", "0"], "--fps must be a positive number, got 0"),
         ("ok", ["--fps", "abc"], "--fps 'abc' is not a number"),
         ("ok", ["--anomaly", "   "], "--anomaly prompt is empty"),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from detection.engine import MediaError, VideoReader
+from detection.engine.media import container_kind
 from tests.conftest import CONTAINERS, scene
 
 
@@ -97,7 +98,7 @@ def test_it_refuses_an_empty_file(tmp_path):
 def test_it_refuses_random_bytes(tmp_path):
     path = tmp_path / "noise.mp4"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
-    with pytest.raises(MediaError, match=r"noise\.mp4: cannot be opened as a video"):
+    with pytest.raises(MediaError, match=r"noise\.mp4: not an MP4/MOV, AVI or Matroska/WebM file"):
         VideoReader(path)
 
 
@@ -139,3 +140,35 @@ def test_it_refuses_impossible_sampling_rates(make_video, rate):
         pytest.raises(MediaError, match="sampling rate"),
     ):
         list(reader.frames(rate))
+
+
+HIDDEN_PROTOCOLS = {
+    # Each of these makes FFmpeg open something else: another local file, or the network.
+    "hls": lambda target: f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{target}\n",
+    "hls-url": lambda target: "#EXTM3U\n#EXTINF:10,\nhttp://127.0.0.1:9/a.ts\n",
+    "dash": lambda target: f'<?xml version="1.0"?>\n<MPD><BaseURL>{target}</BaseURL></MPD>\n',
+    "concat": lambda target: f"ffconcat version 1.0\nfile '{target}'\n",
+    "sdp": lambda target: (
+        "v=0\no=- 0 0 IN IP4 127.0.0.1\nc=IN IP4 127.0.0.1\nm=video 9 RTP/AVP 96\n"
+    ),
+    "text": lambda target: f"{target}\n",
+}
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mov", ".avi", ".mkv", ".webm"])
+@pytest.mark.parametrize("kind", list(HIDDEN_PROTOCOLS))
+def test_it_never_follows_a_file_that_points_elsewhere(tmp_path, make_video, kind, ext):
+    # The target is a perfectly readable video: were the playlist followed, reading would
+    # succeed, so the refusal proves it was not.
+    target = make_video("target.avi", frames=10)
+    path = tmp_path / f"disguised{ext}"
+    path.write_text(HIDDEN_PROTOCOLS[kind](target))
+    with pytest.raises(MediaError, match=r"playlist or manifest|not an MP4/MOV, AVI or Matroska"):
+        VideoReader(path)
+
+
+def test_it_reads_the_real_containers_it_allows(make_video):
+    for ext, kind in ((".mp4", "MP4/QuickTime"), (".avi", "AVI"), (".mkv", "Matroska/WebM")):
+        path = make_video(f"real{ext}", frames=3)
+        assert container_kind(path.read_bytes()[:64]) == kind
+        assert VideoReader(path).stats is not None

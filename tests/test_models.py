@@ -16,10 +16,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def video_dir(tmp_path, settings):
+def video_dir(tmp_path, settings, make_video):
     allowed = tmp_path / "videos"
     allowed.mkdir()
-    (allowed / "clip.mp4").write_bytes(b"x")
+    make_video("clip.mp4", frames=2).rename(allowed / "clip.mp4")
     settings.DETECTION_VIDEO_DIRS = [allowed]
     settings.MEDIA_ROOT = tmp_path / "media"
     return allowed
@@ -98,8 +98,32 @@ def test_it_refuses_relative_and_missing_files(video_dir):
 
 def test_it_accepts_uploads_inside_media_root(video_dir, settings):
     settings.MEDIA_ROOT.mkdir()
-    (settings.MEDIA_ROOT / "up.mp4").write_bytes(b"x")
+    (video_dir / "clip.mp4").rename(settings.MEDIA_ROOT / "up.mp4")
     assert source_errors("file", str(settings.MEDIA_ROOT / "up.mp4")) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"#EXTM3U\n#EXTINF:10,\n/srv/other.mp4\n", "playlist or manifest"),
+        (b"ffconcat version 1.0\nfile 'http://example.com/a.mp4'\n", "playlist or manifest"),
+        (b"just text", "not an MP4/MOV, AVI or Matroska/WebM file"),
+    ],
+)
+def test_it_refuses_a_file_camera_whose_content_points_elsewhere(video_dir, content, reason):
+    # Only local video containers: a file camera never makes FFmpeg open another file or URL.
+    disguised = video_dir / "camera.mp4"
+    disguised.write_bytes(content)
+    errors = source_errors("file", str(disguised))
+    assert len(errors) == 1 and reason in errors[0] and "camera.mp4" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["file:///srv/videos/a.mp4", "concat:/a.mp4|/b.mp4", "subfile,,start,0,end,9,,:/a.mp4"],
+)
+def test_it_refuses_ffmpeg_protocol_urls_as_file_camera_sources(video_dir, source):
+    assert "not an absolute path" in source_errors("file", source)[0]
 
 
 def analysis_errors(**fields) -> dict[str, list[str]]:

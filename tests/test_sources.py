@@ -248,7 +248,12 @@ def test_it_ends_a_file_played_once_and_fails_an_unreadable_one(make_video, tmp_
     assert once.status is SourceStatus.OFFLINE and once.last_error == ""
 
     junk = tmp_path / "junk.mp4"
-    junk.write_bytes(b"not a video at all" * 100)
+    junk.write_bytes(b"#EXTM3U\n#EXTINF:10,\nhttp://127.0.0.1:9/a.ts\n")
+    with pytest.raises(SourceError, match=r"junk\.mp4: this is a playlist"):
+        PacedFileSource(junk)  # refused before FFmpeg sees it
+    # A real MP4 header whose index is gone passes the content check, then cannot open.
+    data = make_video("cut.mp4", frames=5).read_bytes()
+    junk.write_bytes(data[: data.rfind(b"moov") - 4])
     bad = PacedFileSource(junk)
     sources.append(bad)
     bad.start()

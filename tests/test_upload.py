@@ -209,12 +209,13 @@ def _frames_zeroed(clip: Path) -> bytes:
 
 
 UNOPENABLE = "cannot be opened as a video (corrupt, truncated, or not a video)"
+NOT_A_CONTAINER = "not an MP4/MOV, AVI or Matroska/WebM file"  # from the content check
 JUNK = {
     "empty": ("empty.mp4", lambda clip: b"", "The submitted file is empty."),
     "random": (
         "random.mp4",
         lambda clip: np.random.default_rng(0).bytes(64 * 1024),
-        UNOPENABLE,
+        NOT_A_CONTAINER,
     ),
     "jpeg": ("holiday.mp4", lambda clip: _jpeg(), "this is a JPEG image, not a video"),
     "no-moov": ("cut.mp4", _without_moov, UNOPENABLE),
@@ -231,6 +232,13 @@ JUNK = {
     "playlist": (
         "stream.mp4",
         lambda clip: b"#EXTM3U\n#EXTINF:10,\nhttp://example.com/a.ts\n",
+        "this is a playlist or manifest, not a video file",
+    ),
+    "sdp": (
+        "camera.mp4",
+        lambda clip: (
+            b"v=0\no=- 0 0 IN IP4 127.0.0.1\nc=IN IP4 127.0.0.1\nm=video 5004 RTP/AVP 96\n"
+        ),
         "this is a playlist or manifest, not a video file",
     ),
 }
@@ -276,7 +284,7 @@ def test_it_accepts_exactly_the_cap(logged_in, dirs, settings):
     response = upload(logged_in, "big.mp4", np.random.default_rng(1).bytes(MIB))
 
     # Not refused for its size; refused for its content (random bytes).
-    assert video_errors(response) == [UNOPENABLE]
+    assert video_errors(response) == [NOT_A_CONTAINER]
     assert_nothing_left(dirs)
 
 

@@ -18,6 +18,27 @@ IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 
 
+# Top-level boxes an ISO base media file (MP4, M4V, MOV) may start with; old QuickTime files
+# begin with `mdat`, `wide`, `free`, `skip` or `pnot` rather than `ftyp`.
+ISO_BMFF_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def container_kind(head: bytes) -> str | None:
+    """The video container the bytes start with, among those we read; None otherwise.
+
+    An allowlist on purpose: FFmpeg picks its demuxer from the content, and some of its
+    formats (HLS, DASH, SDP, concat lists, image sequences) open other files or network
+    URLs. Only these three containers, which carry their media inside, reach it.
+    """
+    if len(head) >= 8 and head[4:8] in ISO_BMFF_BOXES:
+        return "MP4/QuickTime"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "Matroska/WebM"
+    return None
+
+
 def sniff(path: Path, n: int = 64) -> bytes:
     with path.open("rb") as f:
         return f.read(n)

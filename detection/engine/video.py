@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import MediaError
 from .limits import MAX_SAMPLING_FPS
-from .media import image_kind, require_nonempty_file, sniff
+from .media import container_kind, image_kind, require_nonempty_file, sniff
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
 ASSUMED_FPS = 25.0
@@ -111,9 +111,13 @@ def check_video_file(path: str | Path) -> Path:
     kind = image_kind(head)
     if kind:
         raise MediaError(f"{p}: this is a {kind} image, not a video")
-    if head.lstrip().startswith((b"#EXTM3U", b"<?xml", b"<MPD", b"ffconcat")):
-        # Playlists and manifests make FFmpeg open other files or URLs; we read local files only.
+    if head.lstrip().startswith((b"#EXTM3U", b"<?xml", b"<MPD", b"ffconcat", b"v=0")):
+        # Playlists, manifests and session descriptions make FFmpeg open other files or
+        # URLs; we read local files only.
         raise MediaError(f"{p}: this is a playlist or manifest, not a video file")
+    if container_kind(head) is None:
+        # The reason stays short: it is shown on the upload page as it is.
+        raise MediaError(f"{p}: not an MP4/MOV, AVI or Matroska/WebM file")
     return p
 
 
