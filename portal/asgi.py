@@ -5,19 +5,25 @@ from __future__ import annotations
 import os
 
 from django.core.asgi import get_asgi_application
+from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # Set up Django (apps registry, settings) before anything imports models through
 # channels' auth middleware or the consumers.
-django_asgi_app = get_asgi_application()
+try:
+    django_asgi_app = get_asgi_application()
+except ImproperlyConfigured as error:
+    # A bad environment stops the server with one line naming the variable (as manage.py
+    # does), instead of a traceback from inside daphne's import machinery.
+    raise SystemExit(f"configuration error: {error}") from None
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.generic.websocket import WebsocketConsumer  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.urls import re_path  # noqa: E402
+from channels.auth import AuthMiddlewareStack
+from channels.generic.websocket import WebsocketConsumer
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.urls import re_path
 
-from detection.routing import websocket_urlpatterns as detection_routes  # noqa: E402
+from detection.routing import websocket_urlpatterns as detection_routes
 
 
 class UnknownPathConsumer(WebsocketConsumer):

@@ -244,6 +244,34 @@ def test_it_requires_allowed_hosts_without_debug(tmp_path):
     assert "DJANGO_ALLOWED_HOSTS" in message
 
 
+@pytest.mark.parametrize(
+    ("entry_point", "missing"),
+    [
+        (["manage.py", "check"], "DJANGO_SECRET_KEY"),
+        (["manage.py", "run_detector", "--once"], "DJANGO_ALLOWED_HOSTS"),
+        (
+            ["-m", "daphne", "-b", "127.0.0.1", "-p", "0", "portal.asgi:application"],
+            "DJANGO_SECRET_KEY",
+        ),
+        (
+            ["-m", "daphne", "-b", "127.0.0.1", "-p", "0", "portal.asgi:application"],
+            "DJANGO_ALLOWED_HOSTS",
+        ),
+    ],
+)
+def test_it_stops_each_entry_point_with_one_line_naming_the_variable(
+    tmp_path, entry_point, missing
+):
+    production = {"DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_ALLOWED_HOSTS": "x.org"}
+    production[missing] = ""
+    result = _run(entry_point, _clean_env(tmp_path, DJANGO_DEBUG="false", **production))
+    assert result.returncode != 0, "it started although production settings were incomplete"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("configuration error: "), result.stderr
+    assert missing in lines[0]
+
+
 def test_it_does_not_echo_a_database_url_that_may_hold_a_password(tmp_path):
     message = _settings_error(tmp_path, DATABASE_URL="mongo://user:hunter2@db/x")
     assert "DATABASE_URL is invalid" in message

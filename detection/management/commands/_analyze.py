@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 from argparse import ArgumentParser
 from typing import Any
 
@@ -17,6 +19,23 @@ BAD_INPUT = 2  # exit status for anything the user can fix
 def bad_input(message: str) -> CommandError:
     # One line, no traceback: Django prints "CommandError: <message>" and exits with it.
     return CommandError(" ".join(str(message).split()), returncode=BAD_INPUT)
+
+
+def logs_to_stderr() -> None:
+    """Point console log handlers at stderr: this command's stdout is its result.
+
+    The portal logs to stdout (settings.LOGGING) as process managers expect; a command whose
+    stdout is JSON or a report must keep it clean for pipes like `| jq`.
+    """
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and stream in (
+                sys.stdout,
+                sys.__stdout__,
+            ):
+                handler.setStream(sys.stderr)
 
 
 def unit_interval(value: str, name: str) -> float:
@@ -45,6 +64,10 @@ class AnalyzeCommand(BaseCommand):
     # The model settings are checked when the model loads, with a one-line reason and exit
     # status 2; the portal's system checks (multi-line, exit 1) are for `check`/`runserver`.
     requires_system_checks: list[str] = []
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        logs_to_stderr()
+        return super().execute(*args, **options)
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("path", help="file to analyse (its format is read from its content)")

@@ -19,6 +19,8 @@ from django.test import override_settings
 from detection import bench, conf
 from detection.engine import EngineError
 
+from ._analyze import logs_to_stderr
+
 
 def _counts(text: str) -> list[int]:
     try:
@@ -64,6 +66,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        logs_to_stderr()  # stdout is the report
         video = Path(options["video"]).resolve()
         if not video.is_file():
             raise CommandError(f"{video}: no such video file", returncode=2)
