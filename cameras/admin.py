@@ -18,6 +18,28 @@ from detection.models import Analysis
 
 from .models import Camera
 
+
+class ChangedFieldsOnly(admin.ModelAdmin):
+    """On a change form, write only the fields the operator changed.
+
+    The worker updates these rows while operators edit them (camera status and reconnects,
+    analysis status, lease and counters, incident peaks). Saving the whole row would write
+    back what the admin read a moment earlier: on PostgreSQL (read committed) a worker
+    commit landing between the admin's read and its write would be undone, e.g. a
+    completed analysis reverting to running.
+    """
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        columns = {f.name for f in obj._meta.concrete_fields}
+        fields = [name for name in form.changed_data if name in columns]
+        if fields:  # many-to-many fields are saved by save_related()
+            auto_now = [f.name for f in obj._meta.concrete_fields if getattr(f, "auto_now", False)]
+            obj.save(update_fields=[*fields, *auto_now])
+
+
 # One place for the site's branding; the admin is the operators' console.
 admin.site.site_header = "clipwatch administration"
 admin.site.site_title = "clipwatch administration"
@@ -51,7 +73,7 @@ class AnalysisInline(admin.TabularInline):
 
 
 @admin.register(Camera)
-class CameraAdmin(admin.ModelAdmin):
+class CameraAdmin(ChangedFieldsOnly):
     list_display = ("name", "kind", "status", "enabled", "last_frame_at", "analysis_count")
     list_filter = ("kind", "status", "enabled")
     search_fields = ("name", "source", "description")

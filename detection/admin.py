@@ -21,6 +21,8 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
+from cameras.admin import ChangedFieldsOnly
+
 from . import actions
 from .actions import count as _count
 from .models import Analysis, FrameScore, Incident
@@ -60,7 +62,7 @@ SUMMARY_FIELDS = (
 
 
 @admin.register(Analysis)
-class AnalysisAdmin(admin.ModelAdmin):
+class AnalysisAdmin(ChangedFieldsOnly):
     list_display = (
         "name",
         "camera",
@@ -282,7 +284,7 @@ class AcknowledgedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Incident)
-class IncidentAdmin(admin.ModelAdmin):
+class IncidentAdmin(ChangedFieldsOnly):
     list_display = (
         "id",
         "analysis",

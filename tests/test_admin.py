@@ -184,12 +184,11 @@ def test_it_adds_a_stream_camera_and_records_who_created_it(admin_client, admin_
 
 
 def test_it_accepts_a_file_camera_inside_the_allowed_directories(
-    admin_client, settings, tmp_path: Path
+    admin_client, settings, tmp_path: Path, make_video
 ):
     videos = tmp_path / "videos"
     videos.mkdir()
-    clip = videos / "clip.mp4"
-    clip.write_bytes(b"\x00" * 16)
+    clip = make_video("clip.mp4", frames=2).rename(videos / "clip.mp4")
     outside = tmp_path / "elsewhere.mp4"
     outside.write_bytes(b"\x00" * 16)
     settings.DETECTION_VIDEO_DIRS = [videos]
@@ -459,3 +458,77 @@ def test_it_previews_the_thumbnail_of_an_incident(admin_client, settings, tmp_pa
     content = admin_client.get(url).content.decode()
     assert "<script>alert(1)" not in content
     assert '"><script>' not in content
+
+
+def form_data(response) -> dict[str, object]:
+    """What a browser would post back from an admin change page, unchanged."""
+    data: dict[str, object] = {}
+    forms = [response.context["adminform"].form]
+    for inline in response.context["inline_admin_formsets"]:
+        formset = inline.formset
+        forms += [formset.management_form, *formset.forms]
+    for form in forms:
+        for name in form.fields:
+            value = form[name].value()
+            key = form.add_prefix(name)
+            if isinstance(value, bool):
+                if value:
+                    data[key] = "on"
+            elif isinstance(value, list | tuple):
+                data[key] = [str(v.pk if hasattr(v, "pk") else v) for v in value]
+            elif value is not None:
+                data[key] = value
+    return data
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("model", ["camera", "analysis", "incident"])
+def test_it_does_not_write_back_what_the_worker_committed_meanwhile(
+    admin_client, monkeypatch, model
+):
+    # The worker commits between the admin's read of the row and its write (PostgreSQL's
+    # read committed allows it); saving the operator's edit must not undo that commit.
+    camera = CameraFactory(status=Camera.Status.ONLINE)
+    analysis = AnalysisFactory(camera=camera, status=Status.RUNNING, frames_scored=10)
+    incident = IncidentFactory(analysis=analysis, peak_score=0.7)
+    target, edit, worker_commit, committed = {
+        "camera": (
+            camera,
+            {"name": "Gate (north)"},
+            lambda: Camera.objects.filter(pk=camera.pk).update(status="offline", reconnect_count=3),
+            lambda c: (c.status, c.reconnect_count) == ("offline", 3),
+        ),
+        "analysis": (
+            analysis,
+            {"threshold": "0.75"},
+            lambda: Analysis.objects.filter(pk=analysis.pk).update(
+                status=Status.COMPLETED, frames_scored=80, lease_owner=""
+            ),
+            lambda a: (a.status, a.frames_scored) == (Status.COMPLETED, 80),
+        ),
+        "incident": (
+            incident,
+            {"note": "checked on site"},
+            lambda: Incident.objects.filter(pk=incident.pk).update(peak_score=0.95, end_time_s=42),
+            lambda i: (i.peak_score, i.end_time_s) == (0.95, 42),
+        ),
+    }[model]
+    opts = target._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[target.pk])
+    data = {**form_data(admin_client.get(url)), **edit}
+
+    model_admin = admin.site._registry[type(target)]
+    original = type(model_admin).save_form
+
+    def save_form_after_a_worker_commit(self, request, form, change):
+        worker_commit()
+        return original(self, request, form, change)
+
+    monkeypatch.setattr(type(model_admin), "save_form", save_form_after_a_worker_commit)
+    response = admin_client.post(url, data)
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    target.refresh_from_db()
+    field, value = next(iter(edit.items()))
+    assert str(getattr(target, field)) == value  # the operator's edit
+    assert committed(target)  # the worker's commit, kept
