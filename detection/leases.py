@@ -6,10 +6,15 @@ worker wins a race on any database. On PostgreSQL the candidates are first locke
 queueing on the same ones; on SQLite the surrounding transaction is IMMEDIATE (settings),
 which serialises claims. A lease expires `DETECTION_LEASE_SECONDS` after the last
 heartbeat; an expired `running` analysis (its worker died) is claimable again.
+
+A worker may also hold a lease on an analysis it is not serving: the claim committed but
+the database went away before the worker could start the job. `claim(..., serving=...)`
+takes such orphans back at once instead of leaving them until the lease expires.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 
 from django.conf import settings
@@ -28,22 +33,36 @@ def lease_seconds() -> int:
     return int(settings.DETECTION_LEASE_SECONDS)
 
 
-def claimable(now=None) -> Q:
+def claimable(now=None, *, owner: str = "", serving: Collection[int] = ()) -> Q:
+    """Queued, or running with an expired lease, or (given `owner`) running under a lease
+    of `owner` that it is not `serving`; on an enabled camera."""
     now = now or timezone.now()
     expired = Q(status=Status.RUNNING) & (
         Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True)
     )
-    return (Q(status=Status.QUEUED) | expired) & Q(camera__enabled=True)
+    available = Q(status=Status.QUEUED) | expired
+    if owner:
+        available |= Q(status=Status.RUNNING, lease_owner=owner) & ~Q(pk__in=list(serving))
+    return available & Q(camera__enabled=True)
 
 
 def claim(
-    owner: str, *, limit: int, include_live: bool, only_id: int | None = None
+    owner: str,
+    *,
+    limit: int,
+    include_live: bool,
+    only_id: int | None = None,
+    serving: Collection[int] = (),
 ) -> list[Analysis]:
-    """Claim up to `limit` analyses for `owner`; return them (status running)."""
+    """Claim up to `limit` analyses for `owner`; return them (status running).
+
+    `serving`: the analyses `owner` runs now; any other lease it holds is an orphan of an
+    interrupted claim and is taken back."""
     if limit <= 0:
         return []
     now = timezone.now()
-    candidates: QuerySet[Analysis] = Analysis.objects.filter(claimable(now))
+    condition = claimable(now, owner=owner, serving=serving)
+    candidates: QuerySet[Analysis] = Analysis.objects.filter(condition)
     if not include_live:
         candidates = candidates.filter(camera__kind=Camera.Kind.FILE)
     if only_id is not None:
@@ -54,7 +73,7 @@ def claim(
             candidates = candidates.select_for_update(skip_locked=True, of=("self",))
         ids = list(candidates.order_by("created_at", "pk").values_list("pk", flat=True)[:limit])
         for pk in ids:
-            won = Analysis.objects.filter(claimable(now), pk=pk).update(
+            won = Analysis.objects.filter(condition, pk=pk).update(
                 status=Status.RUNNING,
                 lease_owner=owner,
                 lease_heartbeat_at=now,

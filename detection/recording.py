@@ -1,12 +1,22 @@
-"""Storing what the worker scored: scores, summaries, incidents, in one transaction."""
+"""Storing what the worker scored: scores, summaries, incidents, in one transaction.
+
+`Recorder.store` is all or nothing, in the database and in memory: should the transaction
+fail (the database restarted, a SQLite lock outlasted its timeout), the recorder's state
+(smoothing window, incident tracker, summary fields) is as before the call, so the worker
+can store the very same items again after reconnecting. Storing them again after a commit
+whose acknowledgement was lost changes nothing either (unique frame index, summaries
+recomputed from the same state, an opened incident found rather than created twice).
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,6 +34,18 @@ from .models import Analysis, FrameScore, Incident
 log = logging.getLogger(__name__)
 
 THUMBNAIL_WIDTH = 640
+
+# What store() changes on the Analysis and on the open Incident (restored when it fails).
+SUMMARY_FIELDS = (
+    "average_score",
+    "frames_scored",
+    "peak_score",
+    "peak_time_s",
+    "last_score",
+    "last_frame_index",
+    "updated_at",
+)
+INCIDENT_FIELDS = ("peak_score", "peak_time_s", "peak_frame_index", "end_time_s", "ended_at")
 
 
 @dataclass
@@ -48,6 +70,16 @@ def thumbnail_jpeg(image: np.ndarray, box: Box | None) -> bytes:
         frame = cv2.resize(frame, (THUMBNAIL_WIDTH, height), interpolation=cv2.INTER_AREA)
     ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
     return data.tobytes() if ok else b""
+
+
+@dataclass
+class _Saved:
+    """The recorder's in-memory state before a store(), restored should it fail."""
+
+    summary: dict[str, Any]
+    incident: Incident | None
+    incident_fields: dict[str, Any]
+    thumbnail: str
 
 
 class LeaseLost(Exception):
@@ -80,15 +112,17 @@ class Recorder:
             )
 
     def store(self, items: list[ScoredItem]) -> None:
+        """Store `items` (one transaction), then publish them; see the module docstring."""
         if not items:
             return
         a = self.analysis
+        # Feed copies; they replace the originals only once the transaction committed.
+        smoother, tracker = copy.deepcopy(self.smoother), copy.deepcopy(self.tracker)
         events: list[tuple[IncidentEvent, ScoredItem]] = []
         for item in items:
-            smoothed = self.smoother(item.score)
-            events += [
-                (e, item) for e in self.tracker.feed(smoothed, item.time_s, item.frame_index)
-            ]
+            smoothed = smoother(item.score)
+            events += [(e, item) for e in tracker.feed(smoothed, item.time_s, item.frame_index)]
+        saved = self._snapshot()
         rows = [
             FrameScore(
                 analysis_id=a.pk,
@@ -115,30 +149,26 @@ class Recorder:
         if a.peak_score is None or peak.score > a.peak_score:
             a.peak_score, a.peak_time_s = peak.score, peak.time_s
         a.last_score, a.last_frame_index = items[-1].score, items[-1].frame_index
-        fields = [
-            "average_score",
-            "frames_scored",
-            "peak_score",
-            "peak_time_s",
-            "last_score",
-            "last_frame_index",
-            "updated_at",
-        ]
-        with transaction.atomic():
-            # Checked in the same transaction as the writes, so an operator's Stop or Re-run
-            # takes effect at once, not at the next heartbeat.
-            if (
-                self.owner
-                and not Analysis.objects.filter(
-                    pk=a.pk, lease_owner=self.owner, status=Analysis.Status.RUNNING
-                ).exists()
-            ):
-                raise LeaseLost(a.pk)
-            # ignore_conflicts: a batch retried after a crash between commit and
-            # acknowledgement stores nothing twice (unique analysis + frame_index).
-            FrameScore.objects.bulk_create(rows, ignore_conflicts=True)
-            a.save(update_fields=fields)
-            changed = [self._apply(event, item) for event, item in events]
+        try:
+            with transaction.atomic():
+                # Checked in the same transaction as the writes, so an operator's Stop or
+                # Re-run takes effect at once, not at the next heartbeat.
+                if (
+                    self.owner
+                    and not Analysis.objects.filter(
+                        pk=a.pk, lease_owner=self.owner, status=Analysis.Status.RUNNING
+                    ).exists()
+                ):
+                    raise LeaseLost(a.pk)
+                # ignore_conflicts: a batch retried after a crash between commit and
+                # acknowledgement stores nothing twice (unique analysis + frame_index).
+                FrameScore.objects.bulk_create(rows, ignore_conflicts=True)
+                a.save(update_fields=list(SUMMARY_FIELDS))
+                changed = [self._apply(event, item) for event, item in events]
+        except BaseException:
+            self._restore(saved)
+            raise
+        self.smoother, self.tracker = smoother, tracker
         for item in items:
             # `previous` lets a page notice a message it missed and ask for a resync.
             item_previous, previous_index = previous_index, item.frame_index
@@ -167,13 +197,17 @@ class Recorder:
         at = item.captured_at or timezone.now()
         if event.kind == "opened":
             started = at - timedelta(seconds=max(0.0, item.time_s - state.start_time_s))
-            self.incident = Incident.objects.create(
+            # get_or_create: a batch stored again after a lost commit acknowledgement finds
+            # the incident it opened the first time.
+            self.incident, _ = Incident.objects.get_or_create(
                 analysis=self.analysis,
                 start_time_s=state.start_time_s,
-                started_at=started,
-                peak_score=state.peak_score,
-                peak_time_s=state.peak_time_s,
-                peak_frame_index=state.peak_frame_index,
+                defaults={
+                    "started_at": started,
+                    "peak_score": state.peak_score,
+                    "peak_time_s": state.peak_time_s,
+                    "peak_frame_index": state.peak_frame_index,
+                },
             )
             self._thumbnail(item)
             return self.incident
@@ -217,9 +251,33 @@ class Recorder:
         assert self.incident is not None
         data = thumbnail_jpeg(item.image, item.box)
         if data:
-            if self.incident.thumbnail:
-                self.incident.thumbnail.delete(save=False)
-            self.incident.thumbnail.save(f"incident-{self.incident.pk}.jpg", ContentFile(data))
+            thumbnail = self.incident.thumbnail
+            previous = thumbnail.name
+            thumbnail.save(f"incident-{self.incident.pk}.jpg", ContentFile(data), save=False)
+            self.incident.save(update_fields=["thumbnail"])
+            if previous and previous != thumbnail.name:
+                # Only once the new name is committed: a rolled-back store keeps the old one.
+                storage = thumbnail.storage
+                transaction.on_commit(lambda: storage.delete(previous))
+
+    def _snapshot(self) -> _Saved:
+        incident = self.incident
+        return _Saved(
+            summary={f: getattr(self.analysis, f) for f in SUMMARY_FIELDS},
+            incident=incident,
+            incident_fields={f: getattr(incident, f) for f in INCIDENT_FIELDS} if incident else {},
+            thumbnail=incident.thumbnail.name if incident else "",
+        )
+
+    def _restore(self, saved: _Saved) -> None:
+        """Undo what a failed store() changed in memory (the database rolled back)."""
+        for name, value in saved.summary.items():
+            setattr(self.analysis, name, value)
+        self.incident = saved.incident
+        if saved.incident is not None:
+            for name, value in saved.incident_fields.items():
+                setattr(saved.incident, name, value)
+            saved.incident.thumbnail.name = saved.thumbnail
 
     def close_open_incident(self, time_s: float) -> None:
         """A file ended while an incident was open: it ends with the file."""

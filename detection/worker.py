@@ -6,8 +6,14 @@ its own prompts), stored in one transaction per analysis, and published best eff
 
 The loop is made of small steps that report whether they did work (healthchecks'
 `sendalerts` style), so tests drive them one by one: `claim_step`, `heartbeat_step`,
-`gather_step`, `score_step`, `finish_step`. Signals only set a flag; the batch in flight is
-finished and stored before the leases are released.
+`gather_step`, `score_step`, `store_step`, `finish_step`. Signals only set a flag; the batch
+in flight is finished and stored before the leases are released.
+
+The database may go away under the worker (a PostgreSQL restart or failover, a SQLite lock
+held past its timeout). Every step is safe to repeat, so the loop catches the error, closes
+the broken connections, waits (capped exponential backoff) and carries on where it was:
+frames already scored wait in `unstored` and are stored as they are (never re-scored), the
+file readers keep their position, and a claim interrupted halfway is taken back.
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    connections,
+)
 from django.utils import timezone
 
 from cameras.models import Camera
@@ -45,6 +57,12 @@ log = logging.getLogger(__name__)
 Status = Analysis.Status
 POLL_SECONDS = 2.0
 MAX_JOBS = 16
+# Waits between attempts while the database is unreachable: 0.5, 1, 2, 4, 8, 10, 10, ... s.
+DB_RETRY_FIRST_S = 0.5
+DB_RETRY_MAX_S = 10.0
+# The errors of a database that is away for now (connection lost, server restarting,
+# SQLite busy); anything else (a bug, a constraint) still stops the worker.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
 
 @dataclass
@@ -78,6 +96,7 @@ class Job:
 class FileJob(Job):
     reader: VideoReader | None = None
     frames: Iterator[Any] | None = None
+    error: str = ""  # why the file cannot be read further (the analysis fails)
 
     def close(self) -> None:
         if self.frames is not None:
@@ -94,6 +113,7 @@ class LiveJob(Job):
     next_due: float = 0.0
     next_index: int = 0
     camera_status: str = ""
+    camera_reconnects: int = 0  # the reconnect count last stored on the camera
     last_frame_saved: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -126,11 +146,18 @@ class Worker:
         # Timeouts and reconnect policy for live sources (cameras.sources.LiveSource).
         self.source_options = source_options or {}
         self.jobs: dict[int, Job] = {}
+        # Scored but not stored yet (in order): kept across a database outage.
+        self.unstored: list[tuple[Job, list[ScoredItem]]] = []
+        # Frames through the model, and frames stored: a batch scored twice would show.
+        self.frames_scored = 0
+        self.frames_stored = 0
         self.stopping = False
         self._signals = 0
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
         self._model: LoadedModel | None = None
+        self._db_down_since: float | None = None
+        self._db_attempts = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -151,13 +178,10 @@ class Worker:
         while not self.stopping:
             try:
                 did = self.tick()
-            except DatabaseError as exc:
-                # The database went away (restart, failover): nothing was acknowledged,
-                # the batch is re-read from the last stored frame after reconnecting.
-                log.warning("database error, retrying in %.0f s: %s", self.poll_seconds, exc)
-                _refresh_connections()
-                self._sleep(self.poll_seconds)
+            except TRANSIENT_DB_ERRORS as exc:
+                self._database_unavailable(exc)
                 continue
+            self._database_available()
             if self.once and not self.jobs and not did:
                 break
             if not did:
@@ -166,7 +190,8 @@ class Worker:
 
     def tick(self) -> bool:
         now = time.monotonic()
-        did = False
+        # What an outage left scored but unstored goes first, in order.
+        did = self.store_step()
         if now >= self._next_poll or (self.once and not self.jobs):
             self._next_poll = now + self.poll_seconds
             did |= self.claim_step()
@@ -183,9 +208,59 @@ class Worker:
 
     def shutdown(self) -> None:
         """Release every lease as resumable (queued): another worker or a restart resumes."""
-        for job in list(self.jobs.values()):
-            self._drop(job, Status.QUEUED)
-        log.info("worker %s stopped", self.owner)
+        try:
+            self.store_step()
+            for job in list(self.jobs.values()):
+                self._drop(job, Status.QUEUED)
+        except TRANSIENT_DB_ERRORS as exc:
+            # Nothing more to wait for: the leases lapse and another worker resumes after
+            # the last stored frame.
+            log.warning(
+                "database unavailable while stopping (%s); %d scored frames not stored, "
+                "leases of analyses %s lapse within %d s",
+                _describe(exc),
+                sum(len(items) for _, items in self.unstored),
+                sorted(self.jobs),
+                leases.lease_seconds(),
+            )
+            for job in list(self.jobs.values()):
+                self.jobs.pop(job.pk).close()
+        log.info(
+            "worker %s stopped: %d frames scored, %d stored",
+            self.owner,
+            self.frames_scored,
+            self.frames_stored,
+        )
+
+    def _database_unavailable(self, exc: Exception) -> None:
+        """Close the broken connections and wait before the next attempt (backoff)."""
+        now = time.monotonic()
+        if self._db_down_since is None:
+            self._db_down_since, self._db_attempts = now, 0
+        delay = min(DB_RETRY_MAX_S, DB_RETRY_FIRST_S * 2**self._db_attempts)
+        self._db_attempts += 1
+        log.warning(
+            "database unavailable (%s); %d scored frames kept for storing; "
+            "reconnecting in %.1f s (attempt %d)",
+            _describe(exc),
+            sum(len(items) for _, items in self.unstored),
+            delay,
+            self._db_attempts,
+        )
+        _close_connections()
+        # Renew the leases first thing once back: the outage ate into them.
+        self._next_heartbeat = 0.0
+        self._sleep(delay)
+
+    def _database_available(self) -> None:
+        if self._db_down_since is not None:
+            log.info(
+                "database reachable again after %.1f s (%d failed attempts); "
+                "work resumed where it stopped",
+                time.monotonic() - self._db_down_since,
+                self._db_attempts,
+            )
+            self._db_down_since = None
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -206,6 +281,7 @@ class Worker:
             limit=self.max_jobs - len(self.jobs),
             include_live=not self.once,
             only_id=self.analysis_id,
+            serving=list(self.jobs),
         )
         for analysis in claimed:
             self._start(analysis)
@@ -241,6 +317,7 @@ class Worker:
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start : start + self.batch_size]
             features = encode_images(model, to_tensor([p.fitted for p in chunk], model))
+            self.frames_scored += len(chunk)
             by_job: dict[int, list[int]] = {}
             for row, p in enumerate(chunk):
                 by_job.setdefault(p.job.pk, []).append(row)
@@ -268,12 +345,39 @@ class Worker:
                             box=box,
                         )
                     )
-                self._store(job, items)
+                self.unstored.append((job, items))
+        self.store_step()
+
+    def store_step(self) -> bool:
+        """Store what was scored, in order; on a database error the rest waits for a retry."""
+        stored = False
+        while self.unstored:
+            job, items = self.unstored[0]
+            held = job.pk in self.jobs
+            if held:
+                try:
+                    job.recorder.store(items)  # all or nothing (see recording.py)
+                except LeaseLost:
+                    log.info("analysis %s: stopped or taken over; dropping it", job.pk)
+                    self.jobs.pop(job.pk, None)
+                    job.close()
+                    held = False
+            self.unstored.pop(0)
+            if held:
+                self.frames_stored += len(items)
+                stored = True
+                self._stored(job)
+        return stored
 
     def finish_step(self) -> bool:
         finished = [j for j in self.jobs.values() if isinstance(j, FileJob) and j.done]
         for job in finished:
-            self._complete(job)
+            if any(pending_job is job for pending_job, _ in self.unstored):
+                continue  # its last frames are not stored yet
+            if job.error:
+                self._drop(job, Status.FAILED, error_message=job.error, finished_at=timezone.now())
+            else:
+                self._complete(job)
         return bool(finished)
 
     def camera_status_step(self) -> None:
@@ -281,22 +385,24 @@ class Worker:
             if not isinstance(job, LiveJob):
                 continue
             status = str(job.source.status)
-            if status != job.camera_status:
-                job.camera_status = status
+            reconnects = job.source.reconnects
+            # A flapping camera can drop and come back between two ticks, so its status
+            # looks unchanged: the reconnect count is stored whenever it moves, too.
+            if status != job.camera_status or reconnects != job.camera_reconnects:
+                changed = status != job.camera_status
                 camera = job.analysis.camera
-                camera.reconnect_count = job.source.reconnects
+                camera.reconnect_count = reconnects
                 camera.status = status
                 camera.last_error = job.source.last_error or ""
-                camera.status_changed_at = timezone.now()
-                camera.save(
-                    update_fields=[
-                        "status",
-                        "last_error",
-                        "status_changed_at",
-                        "reconnect_count",
-                        "updated_at",
-                    ]
-                )
+                fields = ["status", "last_error", "reconnect_count", "updated_at"]
+                if changed:
+                    camera.status_changed_at = timezone.now()
+                    fields.append("status_changed_at")
+                camera.save(update_fields=fields)
+                job.camera_status = status  # once stored: a failed save is tried again
+                job.camera_reconnects = reconnects
+                if not changed:
+                    continue
                 self.publisher.publish(
                     job.pk,
                     "status",
@@ -341,9 +447,10 @@ class Worker:
             path = validators.video_path(analysis.camera.source)
         except ValidationError as exc:
             raise EngineError(f"{analysis.camera.source}: {' '.join(exc.messages)}") from None
-        reader = VideoReader(path)
+        # The database first: should it fail, no reader thread is left behind.
         last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
         start = last.frame_index + 1 if last else 0
+        reader = VideoReader(path)
         preprocess = scorer.loaded.preprocess
 
         def frames() -> Iterator[tuple[Any, np.ndarray]]:
@@ -365,9 +472,9 @@ class Worker:
         from cameras.sources import open_source
 
         camera = analysis.camera
+        last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
         source = open_source(camera.kind, camera.source, **self.source_options)
         source.start()
-        last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
         gate = (
             MotionGate(rescore_interval_s=analysis.rescore_interval_s)
             if analysis.motion_gating
@@ -394,8 +501,9 @@ class Worker:
         except StopIteration:
             job.done = True
         except EngineError as exc:
-            # Undecodable from the start or mid-file: this analysis fails alone.
-            self._drop(job, Status.FAILED, error_message=str(exc), finished_at=timezone.now())
+            # Undecodable from the start or mid-file: this analysis fails alone, in
+            # finish_step (which a database outage may make repeat).
+            job.done, job.error = True, str(exc)
             return []
         return out
 
@@ -419,14 +527,8 @@ class Worker:
             fit_frame(frame.image, job.scorer.loaded.preprocess),
         )
 
-    def _store(self, job: Job, items: list[ScoredItem]) -> None:
-        try:
-            job.recorder.store(items)
-        except LeaseLost:
-            log.info("analysis %s: stopped or taken over; dropping it", job.pk)
-            self.jobs.pop(job.pk, None)
-            job.close()
-            return
+    def _stored(self, job: Job) -> None:
+        """Progress and camera bookkeeping after a store (a failure here loses nothing)."""
         if isinstance(job, FileJob) and job.reader is not None:
             stats = job.reader.stats
             if stats.header_frames:
@@ -464,9 +566,11 @@ class Worker:
         log.info("analysis %s: completed, %d frames scored", job.pk, len(scores))
 
     def _drop(self, job: Job, status: str, **fields: Any) -> None:
+        # Released first: if the database fails here the job stays, and is dropped again.
+        released = leases.release(self.owner, job.pk, status, **fields)
         self.jobs.pop(job.pk, None)
         job.close()
-        if leases.release(self.owner, job.pk, status, **fields):
+        if released:
             self.publisher.publish(
                 job.pk,
                 "status",
@@ -482,6 +586,40 @@ class Worker:
             self.owner, pk, Status.FAILED, error_message=message, finished_at=timezone.now()
         )
         self.publisher.publish(pk, "status", {"status": Status.FAILED, "error_message": message})
+
+
+def _close_connections() -> None:
+    """Forget broken connections; Django opens new ones on the next query.
+
+    Not inside a transaction (tests run steps inside one; closing it would lose it).
+    """
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            try:
+                conn.close()
+            except TRANSIENT_DB_ERRORS:
+                pass  # already unusable; close() has dropped it anyway
+
+
+def _describe(exc: BaseException) -> str:
+    """`OperationalError: first line` for one-line logs, with the error that started it.
+
+    A lost connection often surfaces as a later error: Django's transaction cleanup
+    reconnects, and a refused connection replaces "terminating connection ..."."""
+
+    def message(e: BaseException) -> str:
+        lines = str(e).strip().splitlines()
+        return lines[0] if lines else ""
+
+    first = exc
+    for _ in range(10):  # chains are short; a bound keeps a cycle harmless
+        if first.__context__ is None:
+            break
+        first = first.__context__
+    described = f"{type(exc).__name__}: {message(exc)}"
+    if message(first) != message(exc):
+        described += f" (after {type(first).__name__}: {message(first)})"
+    return described
 
 
 def _refresh_connections() -> None:

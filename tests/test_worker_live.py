@@ -148,3 +148,31 @@ def test_it_skips_still_frames_with_motion_gating(make_video, monkeypatch):
     # ~25 frames were due at 10 fps; a still scene is re-scored about once a second.
     assert 2 <= analysis.scores.count() <= 4
     assert np.all(np.diff(list(analysis.scores.values_list("time_s", flat=True))) > 0.8)
+
+
+def test_it_rate_limits_a_flapping_camera_and_stores_its_reconnect_count():
+    # Every connection sends three frames and hangs up, as a camera on a bad link does many
+    # times a minute. The policy allows 4 opens per 2 s: the worker must hold to that and
+    # keep the camera's reconnect count current, even when it is never seen offline.
+    limit = Backoff(initial_s=0.01, cap_s=0.05, jitter=0.0, max_failures=50, max_opens=4, per_s=2.0)
+    options = {"open_timeout_s": 2.0, "read_timeout_s": 1.0, "backoff": limit}
+    with MJPEGServer(fps=25, frames_per_connection=3) as flapping:
+        camera = CameraFactory(kind="stream", source=flapping.url)
+        analysis = AnalysisFactory(
+            camera=camera, status="queued", sampling_fps=25.0, motion_gating=False
+        )
+        worker = Worker(publisher=NullPublisher(), poll_seconds=0.1, source_options=options)
+        started = time.monotonic()
+        try:
+            run_until(worker, lambda: camera.refresh_from_db() or camera.reconnect_count >= 5)
+            elapsed = time.monotonic() - started
+        finally:
+            worker.shutdown()
+        windows = elapsed / limit.per_s + 1  # any 2 s window holds at most 4 opens
+        assert flapping.connections <= limit.max_opens * windows + 1, (
+            flapping.connections,
+            elapsed,
+        )
+    camera.refresh_from_db()
+    assert camera.reconnect_count >= 5
+    assert analysis.scores.exists()  # the frames between drops were scored
