@@ -2,13 +2,26 @@
 
 Best effort by design: the database is the record, and a page that reconnects asks for
 what it missed. So a publishing failure (no layer, Redis down, a full channel) is logged,
-rate-limited, and never stops scoring or storing.
+rate-limited, and never stops scoring or storing. Each send is bounded by a timeout (a
+hung Redis must not hang the worker), and after a failure the publisher drops messages
+without trying for a while (doubling up to MAX_RETRY_AFTER), so a dead layer costs the
+worker one failed attempt per pause rather than one per score.
+
+Plain synchronous code on the main thread (the worker) publishes through one event loop of
+its own, in a daemon thread, so the layer's connection pool lives on: `async_to_sync` would
+start a new loop, a new thread and, with channels_redis, a new Redis connection for every
+message (milliseconds each, and a socket left in TIME_WAIT per message).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import os
+import threading
 import time
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -44,6 +57,52 @@ class NullPublisher:
         return None
 
 
+class _PublishingLoop:
+    """An event loop in a daemon thread, one per process, for publishing from sync code."""
+
+    _current: _PublishingLoop | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=self.loop.run_forever, name="live-publisher", daemon=True)
+        thread.start()
+
+    @classmethod
+    def get(cls) -> _PublishingLoop:
+        with cls._lock:
+            if cls._current is None or cls._current.pid != os.getpid():  # a forked child
+                cls._current = cls()
+            return cls._current
+
+    def run(self, coroutine: Coroutine[Any, Any, None], timeout: float) -> None:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+
+def _own_loop_fits(layer: Any) -> bool:
+    """Whether to publish through _PublishingLoop rather than `async_to_sync`.
+
+    Only on the main thread of a process with no event loop there (elsewhere, as in a view
+    run by `sync_to_async`, `async_to_sync` reuses the server's loop), and not with the
+    in-memory layer, whose queues belong to the loop of the consumers that read them.
+    """
+    from channels.layers import InMemoryChannelLayer
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return not isinstance(layer, InMemoryChannelLayer)
+    return False
+
+
 class ChannelPublisher:
     """Sends `{"type": "analysis.<kind>", ...}` to the analysis's group.
 
@@ -51,22 +110,66 @@ class ChannelPublisher:
     the dot with an underscore).
     """
 
+    # One send; a healthy layer answers in milliseconds. With the pauses below, a hung
+    # Redis costs the worker at most TIMEOUT in every MAX_RETRY_AFTER (a dead one, whose
+    # port refuses connections, only milliseconds), and publishing resumes at most
+    # MAX_RETRY_AFTER after the layer is back.
+    TIMEOUT = 1.0
+    RETRY_AFTER = 0.5  # the first pause after a failure; doubled after each further one
+    MAX_RETRY_AFTER = 4.0
+    LOG_EVERY = 30.0
+
     def __init__(self) -> None:
         self._last_error_log = 0.0
+        self._failures = 0  # consecutive failed sends
+        self._down_since = 0.0
+        self._paused_until = 0.0
+        self._dropped = 0  # messages not sent since the layer failed
 
     def publish(self, analysis_id: int, kind: str, payload: dict[str, Any]) -> None:
         from asgiref.sync import async_to_sync
         from channels.layers import get_channel_layer
 
+        now = time.monotonic()
+        if now < self._paused_until:
+            self._dropped += 1
+            return
         try:
             layer = get_channel_layer()
             if layer is None:
                 return
-            async_to_sync(layer.group_send)(
-                group_name(analysis_id), {"type": f"analysis.{kind}", **payload}
-            )
+            message = {"type": f"analysis.{kind}", **payload}
+            group = group_name(analysis_id)
+            if _own_loop_fits(layer):
+                _PublishingLoop.get().run(self._send(layer, group, message), self.TIMEOUT + 1)
+            else:
+                async_to_sync(self._send)(layer, group, message)
         except Exception as exc:  # noqa: BLE001 - best effort: never stop the worker
-            now = time.monotonic()
-            if now - self._last_error_log > 30:
-                self._last_error_log = now
-                log.warning("publishing to live pages failed (scores are stored): %s", exc)
+            self._failed(exc, time.monotonic())
+        else:
+            if self._failures:
+                log.warning(
+                    "publishing to live pages resumed after %.1f s; %d messages were not "
+                    "published (pages fetch them from the database)",
+                    time.monotonic() - self._down_since,
+                    self._dropped,
+                )
+                self._failures = self._dropped = 0
+
+    async def _send(self, layer: Any, group: str, message: dict[str, Any]) -> None:
+        await asyncio.wait_for(layer.group_send(group, message), self.TIMEOUT)
+
+    def _failed(self, exc: BaseException, now: float) -> None:
+        if not self._failures:
+            self._down_since = now
+        self._failures += 1
+        self._dropped += 1
+        pause = min(self.MAX_RETRY_AFTER, self.RETRY_AFTER * 2 ** (self._failures - 1))
+        self._paused_until = now + pause
+        if now - self._last_error_log > self.LOG_EVERY:
+            self._last_error_log = now
+            log.warning(
+                "publishing to live pages failed (scores are stored; retrying in %.1f s): %s",
+                pause,
+                exc if str(exc) else type(exc).__name__,
+            )

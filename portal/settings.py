@@ -125,6 +125,20 @@ if _default_db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         **_default_db.get("OPTIONS", {}),
     }
+elif _default_db["ENGINE"] == "django.db.backends.postgresql":
+    # A server that vanishes without closing its connections (failover, lost network)
+    # would hold a worker in a read for the kernel's TCP timeouts (minutes to hours):
+    # keepalives notice a dead peer within about a minute and connecting gives up after
+    # 10 s; the worker then reconnects with backoff (detection/worker.py). A restart
+    # closes connections properly and is noticed at once.
+    _default_db["OPTIONS"] = {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        **_default_db.get("OPTIONS", {}),
+    }
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -139,15 +153,26 @@ REDIS_URL = get_optional_str("REDIS_URL")
 CHANNELS_LAYER = get_str("CHANNELS_LAYER", "auto", choices=("auto", "redis", "sqlite", "memory"))
 if CHANNELS_LAYER == "auto":
     CHANNELS_LAYER = "redis" if REDIS_URL else "sqlite"
+# Messages a web server process may have waiting before new ones to it are dropped. A page
+# that falls behind loses messages rather than stalling the worker: it notices the gap and
+# resyncs from the database (see detection/consumers.py).
+CHANNELS_CAPACITY = get_int("CHANNELS_CAPACITY", 1000, min=1)
 if CHANNELS_LAYER == "redis":
     if not REDIS_URL:
         raise ImproperlyConfigured("CHANNELS_LAYER=redis needs REDIS_URL")
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # A page that falls behind loses messages rather than stalling the worker: the
-            # page resyncs from the database (see detection/consumers.py).
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 10},
+            "CONFIG": {
+                # redis-py waits forever by default: a hung Redis would hang the worker's
+                # publishing and leave sockets on a dead subscription. The read timeout
+                # must exceed channels_redis's 5 s blocking pop, or idle sockets would fail.
+                "hosts": [
+                    {"address": REDIS_URL, "socket_connect_timeout": 2, "socket_timeout": 10}
+                ],
+                "capacity": CHANNELS_CAPACITY,
+                "expiry": 10,
+            },
         }
     }
 elif CHANNELS_LAYER == "sqlite":
@@ -169,7 +194,7 @@ elif CHANNELS_LAYER == "sqlite":
                 "database": "channels",
                 "polling_interval": 0.05,
                 "expiry": 10,
-                "capacity": 1000,
+                "capacity": CHANNELS_CAPACITY,
             },
         }
     }
@@ -260,20 +285,22 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
     },
+    # stdout, as process managers (systemd's journal, Docker, Procfiles) expect; the
+    # commands whose stdout is a result (analyze_*, bench) move it to stderr themselves.
     "handlers": {
-        "stderr": {
+        "console": {
             "class": "logging.StreamHandler",
-            "stream": "ext://sys.stderr",
+            "stream": "ext://sys.stdout",
             "formatter": "plain",
         },
     },
     # Third-party libraries (open_clip logs every loading step on the root logger at INFO)
     # stay at WARNING; our own apps log at DJANGO_LOG_LEVEL.
-    "root": {"handlers": ["stderr"], "level": "WARNING"},
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "django": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        "django": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         **{
-            app: {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False}
+            app: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
             for app in ("portal", "cameras", "detection")
         },
     },

@@ -119,26 +119,39 @@ async def test_it_ignores_malformed_requests(world):
     await ws.disconnect()
 
 
+def assert_no_group_joined(analysis_id: int) -> None:
+    layer = get_channel_layer()
+    assert not layer.groups.get(group_name(analysis_id))
+
+
 async def test_it_closes_anonymous_sockets_before_joining(world):
     ws, _ = await connect(world["analysis"].pk)
+    # The very first message after the handshake is the close: no snapshot, no score.
     assert await closed_with(ws) == consumers.CLOSE_FORBIDDEN
+    assert_no_group_joined(world["analysis"].pk)
 
 
-async def test_it_closes_sockets_of_users_without_access(world):
-    ws, _ = await connect(world["analysis"].pk, world["stranger"])
-    assert await closed_with(ws) == consumers.CLOSE_NOT_FOUND
+async def test_it_closes_sockets_of_users_without_access_and_logs_it(world, caplog):
+    analysis_id = world["analysis"].pk
+    with caplog.at_level("WARNING", logger="detection.consumers"):
+        ws, _ = await connect(analysis_id, world["stranger"])
+        assert await closed_with(ws) == consumers.CLOSE_NOT_FOUND
+    refusals = [r.getMessage() for r in caplog.records if "socket refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "'stranger'" in refusals[0] and f"analysis {analysis_id}" in refusals[0]
     ws, _ = await connect(999_999, world["viewer"])
     assert await closed_with(ws) == consumers.CLOSE_NOT_FOUND
     # Nothing published afterwards reaches a refused socket's channel.
-    layer = get_channel_layer()
-    assert not layer.groups.get(group_name(world["analysis"].pk))
+    assert_no_group_joined(analysis_id)
 
 
-async def test_it_refuses_foreign_origins(world):
-    _, connected = await connect(
-        world["analysis"].pk, world["viewer"], origin=(b"origin", b"http://evil.example.com")
-    )
+@pytest.mark.parametrize("origin", [(b"origin", b"http://evil.example.com"), None])
+async def test_it_refuses_foreign_or_missing_origins(world, origin):
+    # A page on another site (cross-site websocket hijacking), or a client that sends no
+    # Origin at all, is refused at the handshake: the consumer never runs.
+    _, connected = await connect(world["analysis"].pk, world["viewer"], origin=origin)
     assert connected is False
+    assert_no_group_joined(world["analysis"].pk)
 
 
 async def test_it_closes_when_access_is_revoked(world, monkeypatch):

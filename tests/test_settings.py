@@ -183,8 +183,26 @@ def test_it_uses_redis_for_channels_when_redis_url_is_set(tmp_path):
     layer = _settings(tmp_path, REDIS_URL="redis://127.0.0.1:6379/3")["LAYER"]
     assert layer == {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": ["redis://127.0.0.1:6379/3"], "capacity": 1000, "expiry": 10},
+        "CONFIG": {
+            # Bounded waits: redis-py would otherwise wait forever on a hung server.
+            "hosts": [
+                {
+                    "address": "redis://127.0.0.1:6379/3",
+                    "socket_connect_timeout": 2,
+                    "socket_timeout": 10,
+                }
+            ],
+            "capacity": 1000,
+            "expiry": 10,
+        },
     }
+
+
+@pytest.mark.parametrize("redis_url", ["", "redis://127.0.0.1:6379/3"])
+def test_it_sizes_the_layer_from_channels_capacity(tmp_path, redis_url):
+    values = _settings(tmp_path, REDIS_URL=redis_url, CHANNELS_CAPACITY="50")
+    assert values["LAYER"]["CONFIG"]["capacity"] == 50
+    assert "CHANNELS_CAPACITY='0'" in _settings_error(tmp_path, CHANNELS_CAPACITY="0")
 
 
 def test_it_uses_the_embedded_sqlite_layer_without_redis(tmp_path):
