@@ -405,3 +405,26 @@ def test_it_exits_at_once_on_a_second_signal(monkeypatch):
     assert w.stopping and exits == []
     w._on_signal(signal.SIGINT, None)
     assert exits == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("device", "reason"), [("cuda:7", "cuda:7"), ("tpu", "unknown device")])
+def test_it_refuses_to_start_on_a_device_this_machine_lacks(
+    media, make_video, subprocess_env, device, reason
+):
+    analysis = file_analysis(make_video("clip.avi", frames=5))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--once", "--device", device],
+        env=subprocess_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    # (System check warnings of the test settings may come first.)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("CommandError: ") and reason in last, done.stderr
+    assert "Traceback" not in done.stderr
+    analysis.refresh_from_db()
+    assert (analysis.status, analysis.lease_owner) == ("queued", "")  # left for a good worker

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from detection.engine import EngineError
+from detection.engine.device import resolve_device
 from detection.worker import Worker
 
 
@@ -47,6 +48,9 @@ class Command(BaseCommand):
                 batch_size=options["batch_size"],
                 poll_seconds=options["poll"],
             )
+            # A box told to use a device it lacks (say, a GPU drop-in copied to a CPU box)
+            # must not start: it would claim analyses and fail each one, everyone's.
+            resolve_device(worker.spec.device)
         except EngineError as exc:
             raise CommandError(str(exc), returncode=2) from None
         worker.install_signal_handlers()
