@@ -37,6 +37,7 @@ from django.test import Client
 from detection.models import Analysis, FrameScore
 from tests.conftest import ROOT
 from tests.factories import AnalysisFactory, CameraFactory, UserFactory
+from tests.processes import migrate_channels, start_daphne, stop
 from tests.streams import free_port, wait_for_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tiny_settings")]
@@ -57,7 +58,6 @@ if not REQUIRED:
 FRAMES = 600  # 60 s of video at 10 fps, sampled at 5 fps: 300 scores
 SAMPLING_FPS = 5.0
 WORKER_ARGS = ("--poll", "0.2", "--batch-size", "2")
-ASGI_APP = "portal.asgi:application"
 WINDOW = 1000  # bigger than the run: the live chart keeps every point
 
 # Chart state read from the page: frame indexes held, the live state, the analysis status.
@@ -161,17 +161,6 @@ def stored_indexes(analysis_id: int) -> list[int]:
     )
 
 
-def stop(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 def test_two_viewers_watch_live_a_third_is_refused_a_reconnect_loses_nothing(
     tmp_path, make_video, subprocess_env
 ):
@@ -180,15 +169,7 @@ def test_two_viewers_watch_live_a_third_is_refused_a_reconnect_loses_nothing(
         "CHANNELS_LAYER": "sqlite",
         "CHANNELS_DB_PATH": str(tmp_path / "channels.sqlite3"),
     }
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "migrate_channels"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    migrate_channels(env)
 
     alice, bob, carol = (UserFactory(username=name) for name in ("alice", "bob", "carol"))
     clip = make_video("street.avi", frames=FRAMES, fps=10.0)
@@ -209,17 +190,10 @@ def test_two_viewers_watch_live_a_third_is_refused_a_reconnect_loses_nothing(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     page = f"{base}/analyses/{analysis.pk}/"
-    daphne_log = (tmp_path / "daphne.log").open("a")
     worker_log = (tmp_path / "worker.log").open("w")
 
-    def start_daphne() -> subprocess.Popen:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=daphne_log,
-        )
+    def serve() -> subprocess.Popen:
+        server = start_daphne(env, port, tmp_path / "daphne.log")
         try:
             wait_for_port(port)
         except AssertionError:
@@ -236,7 +210,7 @@ def test_two_viewers_watch_live_a_third_is_refused_a_reconnect_loses_nothing(
 
     t0 = time.monotonic()
     try:
-        server = start_daphne()
+        server = serve()
         viewers = {}
         for user in (alice, bob):
             driver = browser(user.username)
@@ -293,7 +267,7 @@ def test_two_viewers_watch_live_a_third_is_refused_a_reconnect_loses_nothing(
             lambda: len(stored_indexes(analysis.pk)) >= stored_at_kill + 10,
             timeout=20,
         )
-        server = start_daphne()
+        server = serve()
         stored_at_restart = len(stored_indexes(analysis.pk))
         assert worker.poll() is None, "the worker finished before daphne came back"
         for name in viewers:
@@ -374,7 +348,6 @@ def test_two_viewers_watch_live_a_third_is_refused_a_reconnect_loses_nothing(
                 pass
         stop(worker)
         stop(server)
-        daphne_log.close()
         worker_log.close()
 
 

@@ -27,7 +27,6 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,7 +44,8 @@ from django.utils import timezone
 
 from detection.models import Analysis, Incident
 from detection.worker import Worker
-from tests.conftest import ROOT, TinyModel
+from tests.conftest import TinyModel
+from tests.processes import start_daphne, stop
 from tests.streams import free_port, wait_for_port
 from tests.test_worker import (
     RecordingPublisher,
@@ -203,38 +203,6 @@ class FormFields(HTMLParser):
 
 
 # --- Processes ---------------------------------------------------------------------------
-
-
-def start_daphne(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    with log.open("w") as out:  # the child keeps its own handle
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "portal.asgi:application",
-            ],
-            env={**env, "DJANGO_SETTINGS_MODULE": "portal.settings"},
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Terminate, then kill if it lingers; never leaves the child behind."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 def stop_line(log: str) -> tuple[int, int]:

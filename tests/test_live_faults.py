@@ -54,6 +54,7 @@ from detection.models import Analysis, FrameScore
 from portal.asgi import application
 from tests.conftest import ROOT
 from tests.factories import AnalysisFactory, CameraFactory, FrameScoreFactory, UserFactory
+from tests.processes import migrate_channels, start_daphne, stop
 from tests.streams import MJPEGServer, StalledServer, free_port, wait_for_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tiny_settings")]
@@ -66,7 +67,6 @@ REDIS_SERVER = shutil.which("redis-server")
 NODE = shutil.which("node")
 CAPACITY = 10  # CHANNELS_CAPACITY for the overflow runs
 WORKER_ARGS = ("--once", "--poll", "0.2", "--batch-size", "4")
-ASGI_APP = "portal.asgi:application"
 
 
 # --- waiting and processes ---------------------------------------------------------------
@@ -100,23 +100,6 @@ async def until(
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}. {detail()}")
         await asyncio.sleep(0.05)
-
-
-def stop(process: subprocess.Popen | None, timeout: float = 15) -> None:
-    """Terminate (or, failing that, kill) a process we started, and reap it."""
-    if process is None or process.poll() is not None:
-        return
-    if process.stdin:
-        with suppress(OSError):
-            process.stdin.close()
-    with suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def stored(analysis_id: int) -> list[tuple[int, float]]:
@@ -438,16 +421,7 @@ class Site:
 @contextmanager
 def served(tmp_path: Path, base_env: dict[str, str], layer_env: dict[str, str]) -> Iterator[Site]:
     env = {**base_env, **layer_env}
-    if layer_env.get("CHANNELS_LAYER") == "sqlite":
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), "migrate_channels"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
+    migrate_channels(env)
     use_node = node_websocket_ok()
     if not use_node:
         warnings.warn(
@@ -458,13 +432,7 @@ def served(tmp_path: Path, base_env: dict[str, str], layer_env: dict[str, str]) 
     client = Client()
     client.force_login(viewer)
     port = free_port()
-    daphne = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
-        env=env,
-        cwd=ROOT,
-        stdout=(tmp_path / "daphne.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    daphne = start_daphne(env, port, tmp_path / "daphne.log")
     site = Site(
         env,
         tmp_path,
