@@ -34,7 +34,10 @@ from .models import Analysis, FrameScore
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 15.0  # how soon revoked access or a logout closes an open socket
-MAX_RESYNC = 10_000  # a client further behind gets the newest MAX_RESYNC scores
+# A client further behind gets the newest MAX_RESYNC scores (it charts a window of 60 or
+# so). The reply must stay under daphne's 1 MiB message cap, which applies to what the
+# server sends too: a score is ~200 bytes of JSON, so 3,000 make ~0.6 MB.
+MAX_RESYNC = 3_000
 MAX_INCIDENTS = 20
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
@@ -243,6 +246,17 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         except UNAVAILABLE_ERRORS as exc:
             # The membership expires with the layer's group expiry (or went with Redis).
             log.info("socket left analysis %s without the layer: %s", self.analysis_id, exc)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        # Binary frames, empty text and text that is not JSON are ignored, like any other
+        # request that is not a resync (the base class would fail the socket with 1011).
+        if not text_data:
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ValueError:
+            return
+        await self.receive_json(content)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # The only request a client may make: what it missed.

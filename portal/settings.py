@@ -156,7 +156,9 @@ if CHANNELS_LAYER == "auto":
 # Messages a web server process may have waiting before new ones to it are dropped. A page
 # that falls behind loses messages rather than stalling the worker: it notices the gap and
 # resyncs from the database (see detection/consumers.py).
-CHANNELS_CAPACITY = get_int("CHANNELS_CAPACITY", 1000, min=1)
+# In both layers every socket of one server process shares one queue ("specific.*"), so
+# the capacity must hold a burst to every viewer: one score to 200 viewers is 200 messages.
+CHANNELS_CAPACITY = get_int("CHANNELS_CAPACITY", 20_000, min=1)
 if CHANNELS_LAYER == "redis":
     if not REDIS_URL:
         raise ImproperlyConfigured("CHANNELS_LAYER=redis needs REDIS_URL")
@@ -189,7 +191,8 @@ elif CHANNELS_LAYER == "sqlite":
     DATABASE_ROUTERS = ["portal.db_routers.ChannelsDatabaseRouter"]
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_lite.layers.core.SQLiteChannelLayer",
+            # channels-lite's layer, batched: see portal/channel_layer.py.
+            "BACKEND": "portal.channel_layer.BatchedSQLiteChannelLayer",
             "CONFIG": {
                 "database": "channels",
                 "polling_interval": 0.05,

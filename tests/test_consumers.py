@@ -115,6 +115,9 @@ async def test_it_ignores_malformed_requests(world):
         {"type": "resync", "after": True},
     ):
         await ws.send_json_to(junk)
+    for text in (" ", "not json", "{"):
+        await ws.send_to(text_data=text)
+    await ws.send_to(bytes_data=b"\x00\x01")
     assert await ws.receive_nothing(timeout=0.3)
     await ws.disconnect()
 

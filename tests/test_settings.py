@@ -161,7 +161,7 @@ def test_it_has_safe_development_defaults(tmp_path):
     assert values["DEBUG"] is True
     assert values["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
     assert values["INSTALLED_APPS"][0] == "daphne"
-    assert values["LAYER"]["BACKEND"] == "channels_lite.layers.core.SQLiteChannelLayer"
+    assert values["LAYER"]["BACKEND"] == "portal.channel_layer.BatchedSQLiteChannelLayer"
     assert values["BATCH"] == 16
     assert values["DEVICE"] == "auto"
     assert values["LOGIT_SCALE"] is None
@@ -192,7 +192,7 @@ def test_it_uses_redis_for_channels_when_redis_url_is_set(tmp_path):
                     "socket_timeout": 10,
                 }
             ],
-            "capacity": 1000,
+            "capacity": 20_000,
             "expiry": 10,
         },
     }
@@ -207,7 +207,7 @@ def test_it_sizes_the_layer_from_channels_capacity(tmp_path, redis_url):
 
 def test_it_uses_the_embedded_sqlite_layer_without_redis(tmp_path):
     values = _settings(tmp_path, CHANNELS_DB_PATH=str(tmp_path / "ch.sqlite3"))
-    assert values["LAYER"]["BACKEND"] == "channels_lite.layers.core.SQLiteChannelLayer"
+    assert values["LAYER"]["BACKEND"] == "portal.channel_layer.BatchedSQLiteChannelLayer"
     assert values["LAYER"]["CONFIG"]["database"] == "channels"
     assert "channels_lite" in values["INSTALLED_APPS"]
 
