@@ -43,7 +43,7 @@ SUMMARY_RESET: dict[str, Any] = {
     "peak_score": None,
     "peak_time_s": None,
     "average_score": None,
-    "metadata": {},
+    "metadata": {},  # but what the upload recorded is kept (Analysis.UPLOAD_METADATA)
     "progress": 0.0,
     "error_message": "",
     "started_at": None,
@@ -149,9 +149,16 @@ def rerun(queryset: QuerySet[Analysis]) -> Rerun:
         ]
         scores_deleted, _ = FrameScore.objects.filter(analysis_id__in=ids).delete()
         incidents_deleted, _ = incidents.delete()
-        Analysis.objects.filter(pk__in=ids).update(
-            **SUMMARY_RESET, status=Status.QUEUED, updated_at=timezone.now()
-        )
+        now = timezone.now()
+        for analysis in analyses:
+            kept = {
+                key: value
+                for key, value in (analysis.metadata or {}).items()
+                if key in Analysis.UPLOAD_METADATA
+            }
+            Analysis.objects.filter(pk=analysis.pk).update(
+                **{**SUMMARY_RESET, "metadata": kept}, status=Status.QUEUED, updated_at=now
+            )
         # Files are not transactional: remove them only once the rows are gone for good.
         transaction.on_commit(lambda: _delete_files(thumbnails))
         # `reset`: pages drop the scores and incidents they hold; new ones start afresh.

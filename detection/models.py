@@ -17,6 +17,10 @@ from . import validators
 
 
 class Analysis(models.Model):
+    # Metadata recorded at upload, about the file itself: it survives a re-run (the rest of
+    # `metadata` describes one run and is rebuilt by the worker).
+    UPLOAD_METADATA = ("uploaded_filename", "uploaded_bytes")
+
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
         QUEUED = "queued", "Queued"

@@ -361,6 +361,10 @@ def test_it_reruns_only_the_selected_analyses_after_confirmation(
 ):
     settings.MEDIA_ROOT = tmp_path
     first, second, other = scored(), scored(status=Status.FAILED), scored()
+    # The upload's own record survives; what described the old run does not.
+    Analysis.objects.filter(pk=second.pk).update(
+        metadata={"uploaded_filename": "gate.mp4", "uploaded_bytes": 1234, "decoded_frames": 9}
+    )
     incident = first.incidents.get()
     incident.thumbnail.save("peak.jpg", ContentFile(b"jpeg"))
     thumbnail = Path(incident.thumbnail.path)
@@ -382,11 +386,13 @@ def test_it_reruns_only_the_selected_analyses_after_confirmation(
         assert analysis.frames_scored == 0
         assert analysis.progress == 0
         assert analysis.error_message == ""
-        assert analysis.metadata == {}
         assert analysis.lease_owner == ""
         assert None is analysis.last_frame_index is analysis.last_score is analysis.peak_score
         assert None is analysis.peak_time_s is analysis.average_score is analysis.started_at
         assert None is analysis.finished_at is analysis.lease_expires_at
+
+    assert first.metadata == {}
+    assert second.metadata == {"uploaded_filename": "gate.mp4", "uploaded_bytes": 1234}
 
     other.refresh_from_db()
     assert (other.status, other.frames_scored, other.peak_score) == (Status.COMPLETED, 3, 0.9)
