@@ -34,8 +34,9 @@ from urllib.parse import urlencode
 import pytest
 import websockets
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, manage
 from tests.streams import free_port, wait_for_port
+from tests.test_settings import _SETTINGS_PREFIXES  # the variables the settings read
 
 DEPLOY = ROOT / "deploy"
 WEB_UNIT = DEPLOY / "systemd" / "clipwatch-web.service"
@@ -49,15 +50,6 @@ HOST = "watch.example.com"
 # The second origin is trusted only through DJANGO_CSRF_TRUSTED_ORIGINS (another host).
 TRUSTED_ORIGINS = f"https://{HOST},https://console.example.org"
 MIB = 1024 * 1024
-# Variables the settings read; the parent's values must not leak into the server.
-_SETTINGS_PREFIXES = (
-    "DJANGO_",
-    "DETECTION_",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "MEDIA_ROOT",
-    "CHANNELS_",
-)
 
 
 # --- what the project reads -----------------------------------------------------------
@@ -202,15 +194,7 @@ class Production:
 
 
 def _manage(args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = manage(*args, env=env)
     assert done.returncode == 0, f"manage.py {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -651,15 +635,7 @@ def test_it_passes_the_deploy_checks_with_the_env_example(tmp_path):
         DETECTION_VIDEO_DIRS=str(tmp_path),
         DETECTION_CACHE_DIR=str(tmp_path / "models"),
     )
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no issues" in done.stdout
 
