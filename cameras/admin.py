@@ -72,22 +72,26 @@ class AnalysisInline(admin.TabularInline):
         return format_html('<a href="{}">Open analysis #{}</a>', url, obj.pk)
 
 
+# What the worker and Django record about a camera: shown, never edited.
+STATUS_FIELDS = (
+    "status",
+    "status_changed_at",
+    "last_frame_at",
+    "last_error",
+    "reconnect_count",
+    "created_by",
+    "created_at",
+    "updated_at",
+)
+
+
 @admin.register(Camera)
 class CameraAdmin(ChangedFieldsOnly):
     list_display = ("name", "kind", "status", "enabled", "last_frame_at", "analysis_count")
     list_filter = ("kind", "status", "enabled")
     search_fields = ("name", "source", "description")
     filter_horizontal = ("viewers", "viewer_groups")
-    readonly_fields = (
-        "status",
-        "status_changed_at",
-        "last_frame_at",
-        "last_error",
-        "reconnect_count",
-        "created_by",
-        "created_at",
-        "updated_at",
-    )
+    readonly_fields = STATUS_FIELDS
     fieldsets = (
         ("Source", {"fields": ("name", "kind", "source", "enabled", "description")}),
         (
@@ -102,16 +106,7 @@ class CameraAdmin(ChangedFieldsOnly):
             "Status",
             {
                 # Filled by the detection worker; shown for diagnosis, never edited.
-                "fields": (
-                    "status",
-                    "status_changed_at",
-                    "last_frame_at",
-                    "last_error",
-                    "reconnect_count",
-                    "created_by",
-                    "created_at",
-                    "updated_at",
-                ),
+                "fields": STATUS_FIELDS,
             },
         ),
     )

@@ -255,7 +255,7 @@ def test_it_refuses_junk_with_the_reason_and_keeps_nothing(logged_in, dirs, make
     assert response.status_code == 200
     assert video_errors(response) == [reason]
     page = response.content.decode()
-    assert "video</a>: " in page  # the summary names the field
+    assert "The video was not uploaded:" in page and "video</a>: " in page  # summary, by field
     assert reason.replace("'", "&#x27;") in page
     assert_nothing_left(dirs)
 
