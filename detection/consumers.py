@@ -59,14 +59,7 @@ def _unavailable_errors() -> tuple[type[Exception], ...]:
 # is a bug: it propagates, and daphne logs it and closes the socket with 1011.
 UNAVAILABLE_ERRORS = _unavailable_errors()
 
-SCORE_FIELDS = (
-    "frame_index",
-    "time_s",
-    "captured_at",
-    "score",
-    "normal_similarity",
-    "anomaly_similarity",
-)
+SCORE_FIELDS = FrameScore.SCORE_FIELDS
 
 
 def score_dict(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -28,32 +28,9 @@ CHUNK_SIZE = 2000
 # Rows joined into one piece of the response: fewer, larger writes than one per row.
 ROWS_PER_PIECE = 500
 
-COLUMNS = (
-    "frame_index",
-    "time_s",
-    "captured_at",
-    "score",
-    "normal_similarity",
-    "anomaly_similarity",
-    "label",
-    "box_x0",
-    "box_y0",
-    "box_x1",
-    "box_y1",
-)
+COLUMNS = (*FrameScore.SCORE_FIELDS, "label", *FrameScore.BOX_FIELDS)
 # The stored fields, in COLUMNS order, without the computed label.
-_FIELDS = (
-    "frame_index",
-    "time_s",
-    "captured_at",
-    "score",
-    "normal_similarity",
-    "anomaly_similarity",
-    "box_x0",
-    "box_y0",
-    "box_x1",
-    "box_y1",
-)
+_FIELDS = (*FrameScore.SCORE_FIELDS, *FrameScore.BOX_FIELDS)
 
 Row = tuple[Any, ...]
 

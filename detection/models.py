@@ -143,6 +143,17 @@ class Analysis(models.Model):
 
 
 class FrameScore(models.Model):
+    # What a score is, as live messages and exports read it, and its localisation box.
+    SCORE_FIELDS = (
+        "frame_index",
+        "time_s",
+        "captured_at",
+        "score",
+        "normal_similarity",
+        "anomaly_similarity",
+    )
+    BOX_FIELDS = ("box_x0", "box_y0", "box_x1", "box_y1")
+
     analysis = models.ForeignKey(Analysis, on_delete=models.CASCADE, related_name="scores")
     frame_index = models.BigIntegerField()
     time_s = models.FloatField(help_text="Seconds from the start of the video or stream.")

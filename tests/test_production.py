@@ -361,6 +361,19 @@ def test_it_trusts_x_forwarded_proto_and_sends_hsts(production):
     assert response.headers["Referrer-Policy"] == "same-origin"
 
 
+def post_login(production, origin: str, csrf_cookie: str, csrf_field: str):
+    """The admin's login form as a browser at `origin` posts it."""
+    body = urlencode(
+        {"username": "admin", "password": production.password, "csrfmiddlewaretoken": csrf_field}
+    ).encode()
+    headers = {
+        "Cookie": f"csrftoken={csrf_cookie}",
+        "Origin": origin,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    return fetch(production.port, "POST", "/accounts/login/", headers=headers, body=body)
+
+
 @pytest.mark.parametrize(
     "origin",
     [f"https://{HOST}", "https://console.example.org"],
@@ -370,24 +383,7 @@ def test_it_sets_secure_cookies_at_login(production, origin):
     page = fetch(production.port, "GET", "/accounts/login/")
     csrf = page.cookies()["csrftoken"]
     assert csrf["secure"], "the CSRF cookie must be Secure"
-    body = urlencode(
-        {
-            "username": "admin",
-            "password": production.password,
-            "csrfmiddlewaretoken": csrf_from(page.body),
-        }
-    ).encode()
-    response = fetch(
-        production.port,
-        "POST",
-        "/accounts/login/",
-        headers={
-            "Cookie": f"csrftoken={csrf.value}",
-            "Origin": origin,
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
-        body=body,
-    )
+    response = post_login(production, origin, csrf.value, csrf_from(page.body))
     assert response.status == 302, response.body[:500]
     assert response.headers["Location"] == "/"
     cookies = response.cookies()
@@ -400,20 +396,7 @@ def test_it_sets_secure_cookies_at_login(production, origin):
 def test_it_refuses_a_login_from_an_untrusted_origin_and_logs_it_to_stdout(production):
     page = fetch(production.port, "GET", "/accounts/login/")
     token = page.cookies()["csrftoken"].value
-    body = urlencode(
-        {"username": "admin", "password": production.password, "csrfmiddlewaretoken": "x"}
-    ).encode()
-    response = fetch(
-        production.port,
-        "POST",
-        "/accounts/login/",
-        headers={
-            "Cookie": f"csrftoken={token}",
-            "Origin": "https://evil.example.net",
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
-        body=body,
-    )
+    response = post_login(production, "https://evil.example.net", token, "x")
     assert response.status == 403
     assert "sessionid" not in response.cookies()
     production.wait_for_log(

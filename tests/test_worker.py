@@ -15,7 +15,7 @@ from django.utils import timezone
 from detection.api import analyze_video
 from detection.models import Analysis, FrameScore, Incident
 from detection.worker import Worker
-from tests.conftest import ROOT
+from tests.conftest import ROOT, manage
 from tests.factories import AnalysisFactory, CameraFactory
 
 pytestmark = pytest.mark.usefixtures("tiny_settings")
@@ -235,14 +235,7 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 
 def complete_with_once(analysis: Analysis, env: dict[str, str]) -> None:
     """Run `run_detector --once`; the 600-frame clip at 5 of 10 fps ends complete, no gap."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--once"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = manage("run_detector", "--once", env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     analysis.refresh_from_db()
     assert analysis.status == "completed"
@@ -413,14 +406,7 @@ def test_it_refuses_to_start_on_a_device_this_machine_lacks(
     media, make_video, subprocess_env, device, reason
 ):
     analysis = file_analysis(make_video("clip.avi", frames=5))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "run_detector", "--once", "--device", device],
-        env=subprocess_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = manage("run_detector", "--once", "--device", device, env=subprocess_env)
     assert done.returncode == 2, done.stderr
     # (System check warnings of the test settings may come first.)
     last = done.stderr.strip().splitlines()[-1]
