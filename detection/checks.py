@@ -9,8 +9,6 @@ need them.
 
 from __future__ import annotations
 
-import difflib
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,80 +18,41 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from .engine import modelspec
+from .engine.modelspec import SpecError
+
 TAG = "detection"
 
-HF_HUB_PREFIX = "hf-hub:"
-LOCAL_DIR_PREFIX = "local-dir:"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+# What each kind of model-setting problem is reported as (ids kept from before the rule
+# moved to detection.engine.modelspec, which the loader uses too).
+SPEC_IDS: dict[str, str] = {
+    "model": "detection.E001",
+    "checkpoint": "detection.E002",
+    "tag": "detection.E003",
+}
 
 Check = Callable[..., list[CheckMessage]]
 
 
-def _is_builtin_model(name: str) -> bool:
-    """True when the name is an open_clip config name rather than a schema or a path."""
-    return not (
-        name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) or name.lower().endswith(".json")
-    )
-
-
-def _looks_like_path(value: str) -> bool:
-    separators = [sep for sep in (os.sep, os.altsep) if sep]
-    return any(sep in value for sep in separators) or value.lower().endswith(CHECKPOINT_SUFFIXES)
-
-
-def _clean_tag(tag: str) -> str:
-    # open_clip normalises tags this way before looking them up (pretrained._clean_tag).
-    return tag.lower().replace("-", "_")
+def _spec_error(error: SpecError) -> Error:
+    return Error(error.message, hint=error.hint, id=SPEC_IDS[error.problem])
 
 
 def check_model(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    name: str = settings.DETECTION_MODEL
-    if name.startswith(HF_HUB_PREFIX):
-        if not name.removeprefix(HF_HUB_PREFIX).strip():
-            return [_unknown_model(name, "hf-hub: needs a repository, e.g. hf-hub:org/repo")]
-        return []
-    if name.startswith(LOCAL_DIR_PREFIX):
-        directory = Path(name.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
-        if not directory.is_dir():
-            return [_unknown_model(name, f"the directory {directory} does not exist")]
-        return []
-    if name.lower().endswith(".json"):
-        if not Path(name).expanduser().is_file():
-            return [_unknown_model(name, f"the model config file {name} does not exist")]
-        return []
-
-    import open_clip
-
-    known = open_clip.list_models()
-    if name in known:
-        return []
-    close = difflib.get_close_matches(name, known, n=5)
-    hint = (
-        f"Did you mean: {', '.join(close)}?"
-        if close
-        else "Use a name from open_clip.list_models(), hf-hub:org/repo, local-dir:/path "
-        "or a path to a model config .json."
-    )
-    return [_unknown_model(name, hint)]
-
-
-def _unknown_model(name: str, hint: str) -> Error:
-    return Error(
-        f"DETECTION_MODEL={name!r} is not a model open_clip can build.",
-        hint=hint,
-        id="detection.E001",
-    )
+    try:
+        modelspec.resolve_model_name(settings.DETECTION_MODEL)
+    except SpecError as error:
+        return [_spec_error(error)]
+    return []
 
 
 def check_pretrained(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     pretrained: str = settings.DETECTION_PRETRAINED
-    model: str = settings.DETECTION_MODEL
-
-    if pretrained.lower() == "none":
+    if modelspec.is_random_weights(pretrained):
         return [
             Warning(
                 "DETECTION_PRETRAINED=none: the model has random weights, so every score "
@@ -103,44 +62,19 @@ def check_pretrained(
                 id="detection.W001",
             )
         ]
-
-    if _looks_like_path(pretrained):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            return [
-                Error(
-                    f"DETECTION_PRETRAINED={pretrained!r} looks like a checkpoint path, but "
-                    "no such file exists.",
-                    hint="Point it at an existing open_clip checkpoint (e.g. "
-                    "open_clip_pytorch_model.bin), or use a pretrained tag.",
-                    id="detection.E002",
-                )
-            ]
-        return []
-
-    # hf-hub:/local-dir:/json models carry their own weights; open_clip ignores the tag.
-    if not _is_builtin_model(model):
-        return []
-
-    import open_clip
-
-    if model not in open_clip.list_models():
-        return []  # check_model already reports it; one error per mistake is enough.
-    tags = open_clip.list_pretrained_tags_by_model(model)
-    if _clean_tag(pretrained) in tags:
-        return []
-    hint = (
-        f"Valid tags for {model}: {', '.join(tags)}."
-        if tags
-        else f"open_clip knows no pretrained weights for {model}; use a checkpoint path."
-    )
-    return [
-        Error(
-            f"DETECTION_PRETRAINED={pretrained!r} is not a pretrained tag for {model}.",
-            hint=hint,
-            id="detection.E003",
-        )
-    ]
+    try:
+        model_name = modelspec.resolve_model_name(settings.DETECTION_MODEL)
+    except SpecError:
+        model_name = None  # check_model reports it; one error per mistake is enough
+    try:
+        if model_name is not None:
+            modelspec.resolve_pretrained(model_name, pretrained)
+        elif modelspec.looks_like_path(pretrained):
+            # A missing checkpoint is worth reporting whatever the model.
+            modelspec.resolve_pretrained("", pretrained)
+    except SpecError as error:
+        return [_spec_error(error)]
+    return []
 
 
 def check_device(

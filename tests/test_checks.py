@@ -9,6 +9,7 @@ from django.core.checks.registry import registry
 from django.test import override_settings
 
 from detection import checks
+from detection.engine import ModelLoadError, ModelSpec, load_model, modelspec
 
 
 def _ids(messages) -> list[str]:
@@ -107,6 +108,47 @@ def test_it_warns_that_none_means_random_weights(value):
 def test_it_reports_an_unknown_model_once_not_again_as_a_bad_tag():
     assert checks.check_pretrained() == []
     assert _ids(checks.check_model()) == ["detection.E001"]
+
+
+@pytest.mark.parametrize(
+    "pretrained",
+    ["openai", "LAION2B-S34B-B88K", "weights.ckpt", "weights.npz", "CHECKPOINT", "none"],
+)
+def test_it_validates_the_model_settings_the_way_the_loader_does(
+    tiny_model, tmp_path, monkeypatch, pretrained
+):
+    """The check and the loader share one rule: what the check passes gets past the loader's
+    validation, and what it refuses the loader refuses with the same words."""
+    monkeypatch.chdir(tmp_path)
+    if pretrained == "CHECKPOINT":
+        pretrained = str(tiny_model.checkpoint)
+    elif pretrained.endswith(".npz"):
+        (tmp_path / pretrained).write_bytes(b"")  # exists: the loader gets as far as reading it
+    spec = ModelSpec(str(tiny_model.config), pretrained, "cpu", "fp32")
+    with override_settings(DETECTION_MODEL=spec.name, DETECTION_PRETRAINED=pretrained):
+        errors = [m for m in checks.check_model() + checks.check_pretrained() if m.is_serious()]
+    if errors:
+        with pytest.raises(ModelLoadError) as refused:
+            load_model(spec)
+        assert errors[0].msg in str(refused.value)
+    else:
+        try:
+            load_model(spec)
+        except ModelLoadError as error:  # only the file's content may fail it, not the rule
+            assert "could not load" in str(error), error
+
+
+@pytest.mark.parametrize("tag", ["LAION2B-S34B-B88K", "Laion2b-S34b-B88k"])
+def test_it_passes_a_tag_to_the_loader_in_open_clips_spelling(tag):
+    with override_settings(DETECTION_MODEL="ViT-B-16", DETECTION_PRETRAINED=tag):
+        assert checks.check_pretrained() == []
+    assert modelspec.resolve_pretrained("ViT-B-16", tag) == "laion2b_s34b_b88k"
+
+
+def test_it_reports_a_missing_relative_checkpoint_as_a_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with override_settings(DETECTION_MODEL="ViT-B-16", DETECTION_PRETRAINED="weights.ckpt"):
+        assert _ids(checks.check_pretrained()) == ["detection.E002"]
 
 
 # --- DETECTION_DEVICE -----------------------------------------------------------------

@@ -8,25 +8,22 @@ meaningless scores, announced on every load.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .device import DTYPES, resolve_device, resolve_precision
 from .errors import ModelLoadError
+from .modelspec import is_random_weights, resolve_model_name, resolve_pretrained
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "laion2b_s34b_b88k"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
-RANDOM_WEIGHTS = "none"
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ class ModelSpec:
 
     @property
     def random_weights(self) -> bool:
-        return self.pretrained.strip().lower() in (RANDOM_WEIGHTS, "")
+        return is_random_weights(self.pretrained)
 
 
 @dataclass(frozen=True)
@@ -118,57 +115,6 @@ def clear_cache() -> None:
         _key_locks.clear()
 
 
-def _resolve_name(name: str) -> str:
-    """Return an open_clip model name, registering a JSON config file if one is given."""
-    import open_clip
-
-    name = name.strip()
-    if name.startswith(("hf-hub:", "local-dir:")):
-        if name.startswith("local-dir:") and not Path(name[len("local-dir:") :]).is_dir():
-            raise ModelLoadError(f"DETECTION_MODEL {name!r}: directory not found")
-        return name
-    if name.endswith(".json"):
-        path = Path(name)
-        if not path.is_file():
-            raise ModelLoadError(f"DETECTION_MODEL {name!r}: model config file not found")
-        # open_clip keys its registry by file stem; registering twice is harmless.
-        open_clip.add_model_config(path)
-        return path.stem
-    if name not in open_clip.list_models():
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ModelLoadError(f"DETECTION_MODEL {name!r} is not an open_clip architecture{hint}")
-    return name
-
-
-def looks_like_path(value: str) -> bool:
-    return os.sep in value or value.lower().endswith(CHECKPOINT_SUFFIXES)
-
-
-def _resolve_pretrained(model_name: str, pretrained: str) -> str | None:
-    """Validate `pretrained` before anything slow happens; None means random weights."""
-    import open_clip
-
-    value = pretrained.strip()
-    if value.lower() in (RANDOM_WEIGHTS, ""):
-        return None
-    if model_name.startswith(("hf-hub:", "local-dir:")):
-        return None  # weights come with the model source; open_clip ignores `pretrained`
-    if looks_like_path(value) or Path(value).is_file():
-        if not Path(value).is_file():
-            raise ModelLoadError(f"DETECTION_PRETRAINED={value!r}: checkpoint file not found")
-        return value
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    if value not in tags:
-        known = ", ".join(tags) if tags else "none published"
-        raise ModelLoadError(
-            f"DETECTION_PRETRAINED={value!r} is not a pretrained tag of {model_name} "
-            f"(known tags: {known}); or give a path to a local checkpoint file, "
-            f"or 'none' for random weights"
-        )
-    return value
-
-
 def _download_hint(model_name: str, tag: str) -> str:
     import open_clip
 
@@ -191,8 +137,8 @@ def _download_hint(model_name: str, tag: str) -> str:
 def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
     import open_clip
 
-    model_name = _resolve_name(spec.name)
-    pretrained = _resolve_pretrained(model_name, spec.pretrained)
+    model_name = resolve_model_name(spec.name)
+    pretrained = resolve_pretrained(model_name, spec.pretrained)
     if spec.random_weights:
         log.warning(
             "DETECTION_PRETRAINED=none: %s has RANDOM weights; scores are meaningless "
