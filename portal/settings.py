@@ -11,6 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.env import (
@@ -39,6 +44,26 @@ if _secret_key is None and not DEBUG:
         "DJANGO_SECRET_KEY is not set: expected a long random string when DJANGO_DEBUG is "
         "false (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')."
     )
+if _secret_key is not None and not DEBUG:
+    # The rule of Django's security.W009 (check --deploy), enforced at start-up: a weak key
+    # lets anyone forge sessions, so production refuses it instead of warning once.
+    _weakness = (
+        "it is this repository's development key"
+        if _secret_key == _DEV_SECRET_KEY
+        else f"it starts with {SECRET_KEY_INSECURE_PREFIX!r}"
+        if _secret_key.startswith(SECRET_KEY_INSECURE_PREFIX)
+        else f"it has fewer than {SECRET_KEY_MIN_LENGTH} characters"
+        if len(_secret_key) < SECRET_KEY_MIN_LENGTH
+        else f"it has fewer than {SECRET_KEY_MIN_UNIQUE_CHARACTERS} different characters"
+        if len(set(_secret_key)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS
+        else None
+    )
+    if _weakness:
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY is too weak ({_weakness}): expected a long random string "
+            "when DJANGO_DEBUG is false (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(50))')."
+        )
 SECRET_KEY = _secret_key or _DEV_SECRET_KEY
 
 if DEBUG:

@@ -14,6 +14,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from portal import env
+from portal import settings as settings_module
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Variables the settings read; the parent's values must not leak into a subprocess.
@@ -313,14 +314,46 @@ def test_it_passes_the_deploy_checks_with_production_settings(tmp_path):
     assert "no issues" in result.stdout
 
 
-def test_it_fails_the_deploy_checks_with_a_weak_secret_key(tmp_path):
-    # --tag security: only Django's own checks, so this one does not import open_clip.
-    result = _run(
-        ["manage.py", "check", "--deploy", "--tag", "security", "--fail-level", "WARNING"],
-        _production_env(tmp_path, DJANGO_SECRET_KEY="short"),
+WEAK_KEYS = {
+    "one character": "x",
+    "short": "short",
+    "repeated": "a" * 60,
+    "django-insecure": "django-insecure-" + secrets.token_urlsafe(50),
+    "the repository's own": settings_module._DEV_SECRET_KEY,
+}
+
+
+@pytest.mark.parametrize("key", WEAK_KEYS.values(), ids=WEAK_KEYS.keys())
+def test_it_refuses_a_weak_secret_key_in_production(tmp_path, key):
+    message = _settings_error(
+        tmp_path, DJANGO_DEBUG="false", DJANGO_ALLOWED_HOSTS="example.com", DJANGO_SECRET_KEY=key
     )
-    assert result.returncode != 0
-    assert "security.W009" in result.stderr
+    assert "DJANGO_SECRET_KEY is too weak" in message
+    if len(key) > 8:  # ("x" is in any sentence)
+        assert key not in message, "the key itself must not be echoed into logs"
+
+
+@pytest.mark.parametrize(
+    "entry_point",
+    [
+        ["manage.py", "check"],
+        ["-m", "daphne", "-b", "127.0.0.1", "-p", "0", "portal.asgi:application"],
+    ],
+    ids=["manage.py check", "daphne"],
+)
+def test_it_stops_each_entry_point_with_one_line_for_a_weak_secret_key(tmp_path, entry_point):
+    env = _production_env(tmp_path, DJANGO_SECRET_KEY="x")
+    result = _run(entry_point, env)
+    assert result.returncode != 0, "it started with the secret key 'x'"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("configuration error: "), result.stderr
+    assert "DJANGO_SECRET_KEY is too weak" in lines[0]
+
+
+def test_it_keeps_the_development_key_while_debugging(tmp_path):
+    result = _run(["manage.py", "check", "--tag", "security"], _clean_env(tmp_path))
+    assert result.returncode == 0, result.stderr
 
 
 # --- real services (CI sets these variables, so they never skip there) -----------------
