@@ -27,6 +27,7 @@ from cameras.models import Camera
 
 from . import storage, upload_handlers
 from .engine.errors import MediaError
+from .engine.media import declared_shortfall
 from .engine.video import VideoReader
 from .forms import IMAGE_MAX_MB, ImageTestForm, VideoUploadForm, prompt_list, strip_prefix
 from .models import Analysis
@@ -95,7 +96,15 @@ def _upload_video(
 
 
 def _check_video(path: Path) -> None:
-    """Refuse what FFmpeg cannot open or decode a frame of; the engine's reasons, no paths."""
+    """Refuse what FFmpeg cannot open or decode a frame of; the engine's reasons, no paths.
+
+    Also refuse a file shorter than its container declares: an upload cut off in transfer
+    (a fast-start MP4 would otherwise open, decode its first seconds and be analysed as if
+    it were the whole video).
+    """
+    shortfall = declared_shortfall(path)
+    if shortfall:
+        raise ValidationError("%(reason)s", code="truncated", params={"reason": shortfall})
     try:
         with VideoReader(path) as reader:
             # The first sample is frame 0: opening is not enough, one frame must decode.

@@ -90,7 +90,7 @@ def test_it_names_an_unknown_architecture(tiny_model):
 
 def test_it_names_a_missing_checkpoint_file(tiny_model, tmp_path):
     missing = tmp_path / "nowhere.pt"
-    with pytest.raises(ModelLoadError, match="no such file exists") as err:
+    with pytest.raises(ModelLoadError, match="checkpoint file not found") as err:
         load_model(spec_for(tiny_model, pretrained=str(missing)))
     assert str(missing) in str(err.value)
 

@@ -244,6 +244,69 @@ JUNK = {
 }
 
 
+def _fast_start(clip: Path) -> bytes:
+    """The clip with its index (`moov`) moved before the frames, as `-movflags faststart` does.
+
+    Such a file opens and decodes from its first bytes, so a cut-off copy still plays its
+    first seconds: decoding alone cannot tell it is truncated.
+    """
+    data = clip.read_bytes()
+    mdat, moov = data.find(b"mdat") - 4, data.find(b"moov") - 4
+    assert 0 < mdat < moov  # OpenCV writes the index last
+    index = bytearray(data[moov:])
+    shift = len(index)
+    # Chunk offsets (stco: 32-bit, from the start of the file) move by the index's size.
+    at = index.find(b"stco")
+    assert at > 0 and index.find(b"co64") < 0
+    count = int.from_bytes(index[at + 8 : at + 12], "big")
+    for i in range(count):
+        entry = at + 12 + 4 * i
+        offset = int.from_bytes(index[entry : entry + 4], "big")
+        index[entry : entry + 4] = (offset + shift).to_bytes(4, "big")
+    return data[:mdat] + bytes(index) + data[mdat:moov]
+
+
+TRUNCATED = {
+    # The audit's case: the first part of a fast-start MP4 (it opened, 3 frames were scored).
+    "fast-start mp4": ("clip.mp4", lambda clip: _fast_start(clip)[: len(_fast_start(clip)) // 3]),
+    "avi": ("clip.avi", lambda clip: clip.read_bytes()[: clip.stat().st_size * 2 // 3]),
+    "mkv": ("clip.mkv", lambda clip: clip.read_bytes()[: clip.stat().st_size * 2 // 3]),
+}
+
+
+def test_it_makes_a_fast_start_clip_that_decodes_whole_and_in_part(make_video, tmp_path):
+    """The fixture above is what it claims: whole, every frame decodes; cut, the first do."""
+    clip = make_video("clip.mp4", frames=40)
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
+    whole.write_bytes(_fast_start(clip))
+    cut.write_bytes(TRUNCATED["fast-start mp4"][1](clip))
+    decoded = {}
+    for path in (whole, cut):
+        capture = cv2.VideoCapture(str(path))
+        decoded[path] = 0
+        while capture.read()[0]:
+            decoded[path] += 1
+        capture.release()
+    assert decoded[whole] == 40
+    assert 0 < decoded[cut] < 40
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("case", list(TRUNCATED))
+def test_it_refuses_a_truncated_upload_that_still_decodes_and_keeps_nothing(
+    logged_in, dirs, make_video, case
+):
+    name, cut = TRUNCATED[case]
+    data = cut(make_video(name, frames=40))
+
+    response = upload(logged_in, name, data)
+
+    assert response.status_code == 200
+    [error] = video_errors(response)
+    assert error.startswith(f"the file is truncated: it ends at byte {len(data):,} but"), error
+    assert_nothing_left(dirs)
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", list(JUNK))
 def test_it_refuses_junk_with_the_reason_and_keeps_nothing(logged_in, dirs, make_video, case):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import MediaError
 
@@ -68,3 +69,90 @@ def require_nonempty_file(path: str | Path, what: str) -> Path:
     if size == 0:
         raise MediaError(f"{p}: the file is empty (0 bytes)")
     return p
+
+
+def declared_shortfall(path: Path) -> str | None:
+    """Why the container says it is longer than the file, or None when it does not.
+
+    Each container we read declares its own length: MP4/MOV a size per top-level box, AVI
+    the RIFF size, Matroska the Segment size (unless written live, "unknown"). A file cut
+    short in transfer keeps those declarations, so comparing them with the file's size
+    finds truncation exactly and without decoding: a truncated MP4 whose index comes first
+    (fast-start) still opens and decodes its first frames, so decoding alone cannot tell.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(64)
+        kind = container_kind(head)
+        if kind == "MP4/QuickTime":
+            return _iso_bmff_shortfall(f, size)
+        if kind == "AVI":
+            declared = 8 + int.from_bytes(head[4:8], "little")
+            return _short(size, declared, "the RIFF header")
+        if kind == "Matroska/WebM":
+            return _matroska_shortfall(f, size)
+    return None
+
+
+def _short(size: int, declared_end: int, what: str) -> str | None:
+    if declared_end <= size:
+        return None
+    return (
+        f"the file is truncated: it ends at byte {size:,} but {what} runs to byte "
+        f"{declared_end:,} ({100 * size / declared_end:.0f} % present)"
+    )
+
+
+def _iso_bmff_shortfall(f: BinaryIO, size: int) -> str | None:
+    offset = 0
+    while offset + 8 <= size:
+        f.seek(offset)
+        header = f.read(16)
+        box_size = int.from_bytes(header[:4], "big")
+        box_type = header[4:8].decode("latin-1")
+        if box_size == 1:  # a 64-bit size follows the type
+            if len(header) < 16:
+                return _short(size, offset + 16, f"the {box_type!r} box")
+            box_size = int.from_bytes(header[8:16], "big")
+        elif box_size == 0:
+            return None  # "to the end of the file": nothing declared to check
+        if box_size < 8:
+            return None  # not a box structure we can follow; FFmpeg decides
+        reason = _short(size, offset + box_size, f"the {box_type!r} box")
+        if reason:
+            return reason
+        offset += box_size
+    return None
+
+
+def _read_vint(f: BinaryIO) -> tuple[int, int, bool] | None:
+    """An EBML variable-size integer: (value, length in bytes, all value bits set)."""
+    first = f.read(1)
+    if not first:
+        return None
+    byte = first[0]
+    length = next((i + 1 for i in range(8) if byte & (0x80 >> i)), 0)
+    if length == 0:
+        return None
+    rest = f.read(length - 1)
+    if len(rest) < length - 1:
+        return None
+    value = byte & (0xFF >> length)
+    for b in rest:
+        value = (value << 8) | b
+    return value, length, value == (1 << (7 * length)) - 1
+
+
+def _matroska_shortfall(f: BinaryIO, size: int) -> str | None:
+    f.seek(4)  # past the EBML header's ID
+    header = _read_vint(f)
+    if header is None:
+        return None
+    f.seek(4 + header[1] + header[0])  # past the EBML header
+    segment_id = f.read(4)
+    if segment_id != b"\x18\x53\x80\x67":
+        return None
+    segment = _read_vint(f)
+    if segment is None or segment[2]:
+        return None  # unknown size: a live recording, nothing declared to check
+    return _short(size, f.tell() + segment[0], "the Matroska segment")

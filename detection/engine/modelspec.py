@@ -106,8 +106,7 @@ def resolve_pretrained(model_name: str, pretrained: str) -> str | None:
         if not path.is_file():
             raise SpecError(
                 "checkpoint",
-                f"DETECTION_PRETRAINED={value!r} looks like a checkpoint path, but no such "
-                "file exists.",
+                f"DETECTION_PRETRAINED={value!r}: checkpoint file not found.",
                 "Point it at an existing open_clip checkpoint (e.g. open_clip_pytorch_model.bin), "
                 "use a pretrained tag, or 'none' for random weights (tests only).",
             )

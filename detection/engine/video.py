@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import MediaError
 from .limits import MAX_SAMPLING_FPS
-from .media import container_kind, image_kind, require_nonempty_file, sniff
+from .media import container_kind, declared_shortfall, image_kind, require_nonempty_file, sniff
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
 ASSUMED_FPS = 25.0
@@ -147,6 +147,12 @@ class VideoReader:
             header_fps=header_fps if math.isfinite(header_fps) else 0.0,
             header_frames=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)),
         )
+        shortfall = declared_shortfall(self.path)
+        self.truncated = shortfall is not None
+        if shortfall:
+            # Uploads refuse such files (detection/web uploads); a file given to the CLI, the
+            # API or a file camera is analysed as far as it decodes, and says so.
+            self.stats.warnings.append(f"{shortfall}; only the frames present are analysed")
         if not fps_ok:
             self.stats.warnings.append(
                 f"header frame rate {header_fps!r} is unusable; "
@@ -212,8 +218,10 @@ class VideoReader:
             )
         # Containers often count one frame too many (shared/data/box.mp4); only a real
         # shortfall suggests a truncated file.
-        if stats.ended_early and stats.header_frames - stats.frames_decoded > max(
-            1, stats.header_frames // 100
+        if (
+            not self.truncated  # then the container's own warning says it exactly
+            and stats.ended_early
+            and stats.header_frames - stats.frames_decoded > max(1, stats.header_frames // 100)
         ):
             stats.warnings.append(
                 f"the header announces {stats.header_frames} frames but only "
