@@ -16,6 +16,7 @@ from django.utils.html import format_html
 
 from detection.models import Analysis
 
+from .access import visible_cameras
 from .models import Camera
 
 
@@ -38,6 +39,34 @@ class ChangedFieldsOnly(admin.ModelAdmin):
         if fields:  # many-to-many fields are saved by save_related()
             auto_now = [f.name for f in obj._meta.concrete_fields if getattr(f, "auto_now", False)]
             obj.save(update_fields=[*fields, *auto_now])
+
+
+class ScopedToVisibleCameras(admin.ModelAdmin):
+    """Staff see and change in the admin only what the portal's access rule shows them.
+
+    Model permissions say what kind of object a staff member may edit; `visible_cameras`
+    says which ones, exactly as on the portal's pages: superusers and the operators group
+    see every camera, other staff only the cameras shared with them (and their analyses and
+    incidents). Foreign-key choices are scoped the same way, so a form cannot point an
+    analysis at a camera its author cannot see. A hidden object answers as a missing one.
+    """
+
+    camera_path = ""  # lookup from this model to its Camera; "" for Camera itself
+
+    def scope(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if request.user.is_superuser:
+            return queryset
+        key = f"{self.camera_path}__in" if self.camera_path else "pk__in"
+        return queryset.filter(**{key: visible_cameras(request.user).values("pk")})
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return self.scope(request, super().get_queryset(request))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any):
+        related = self.admin_site._registry.get(db_field.related_model)
+        if isinstance(related, ScopedToVisibleCameras) and "queryset" not in kwargs:
+            kwargs["queryset"] = related.scope(request, db_field.related_model._default_manager)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 # One place for the site's branding; the admin is the operators' console.
@@ -86,7 +115,7 @@ STATUS_FIELDS = (
 
 
 @admin.register(Camera)
-class CameraAdmin(ChangedFieldsOnly):
+class CameraAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     list_display = ("name", "kind", "status", "enabled", "last_frame_at", "analysis_count")
     list_filter = ("kind", "status", "enabled")
     search_fields = ("name", "source", "description")

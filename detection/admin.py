@@ -21,7 +21,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
-from cameras.admin import ChangedFieldsOnly
+from cameras.admin import ChangedFieldsOnly, ScopedToVisibleCameras
 
 from . import actions
 from .actions import count as _count
@@ -62,7 +62,8 @@ SUMMARY_FIELDS = (
 
 
 @admin.register(Analysis)
-class AnalysisAdmin(ChangedFieldsOnly):
+class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
+    camera_path = "camera"
     list_display = (
         "name",
         "camera",
@@ -284,7 +285,8 @@ class AcknowledgedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Incident)
-class IncidentAdmin(ChangedFieldsOnly):
+class IncidentAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
+    camera_path = "analysis__camera"
     list_display = (
         "id",
         "analysis",
