@@ -16,7 +16,6 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db.models import Count, QuerySet
-from django.db.models.fields.files import FieldFile
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -333,14 +332,14 @@ class IncidentAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
 
     @admin.display(description="Preview")
     def thumbnail_preview(self, obj: Incident) -> str:
-        thumbnail: FieldFile = obj.thumbnail
-        if not thumbnail:
+        url = obj.thumbnail_url  # the access-checked view: MEDIA_URL is not served
+        if not url:
             return "-"
         return format_html(
             '<a href="{0}" target="_blank" rel="noopener">'
             '<img src="{0}" alt="Thumbnail of incident {1}" style="max-width: 320px; '
             'height: auto;"></a>',
-            thumbnail.url,
+            url,
             obj.pk,
         )
 

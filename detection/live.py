@@ -45,6 +45,7 @@ def incident_message(incident: Any) -> dict[str, Any]:
         "acknowledged_at": incident.acknowledged_at.isoformat()
         if incident.acknowledged_at
         else None,
+        "thumbnail_url": incident.thumbnail_url,
     }
 
 

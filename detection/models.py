@@ -224,3 +224,15 @@ class Incident(models.Model):
     @property
     def is_acknowledged(self) -> bool:
         return self.acknowledged_at is not None
+
+    @property
+    def thumbnail_url(self) -> str | None:
+        """The access-checked thumbnail view (MEDIA_URL is never served); None without one.
+
+        `v` changes whenever the worker replaces the thumbnail (a higher peak of an open
+        incident), so a page that holds the old image fetches the new one.
+        """
+        if not self.thumbnail:
+            return None
+        url = reverse("detection:incident_thumbnail", args=[self.pk])
+        return f"{url}?v={self.peak_frame_index if self.peak_frame_index is not None else 0}"

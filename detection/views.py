@@ -110,6 +110,28 @@ def latest_frame(request: HttpRequest, pk: int) -> FileResponse:
     return response
 
 
+@login_required
+@require_safe
+def incident_thumbnail(request: HttpRequest, pk: int) -> FileResponse:
+    """An incident's peak frame (with its box), for those who may see the incident.
+
+    Uploads and thumbnails live under MEDIA_ROOT, which is never served as a directory:
+    every file a page shows goes through a view that applies the access rule.
+    """
+    incident = get_object_or_404(visible_incidents(request.user), pk=pk)
+    if not incident.thumbnail:
+        raise Http404("This incident has no thumbnail.")
+    try:
+        handle = incident.thumbnail.open("rb")
+    except FileNotFoundError:
+        raise Http404("The thumbnail file is missing.") from None
+    response = FileResponse(handle, content_type="image/jpeg")
+    # Private: it passed an access check. The URL carries a version (`?v=`), but the file
+    # of an open incident is replaced in place, so browsers revalidate rather than trust it.
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
 def _wants_json(request: HttpRequest) -> bool:
     return request.get_preferred_type(["text/html", "application/json"]) == "application/json"
 

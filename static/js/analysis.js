@@ -83,7 +83,7 @@
       const started = document.createElement("td");
       started.textContent = "—";
       const note = document.createElement("td");
-      row.append(cell(row, "range"), started, cell(row, "peak"), cell(row, "ack"), note);
+      row.append(cell(row, "thumb"), cell(row, "range"), started, cell(row, "peak"), cell(row, "ack"), note);
       tbody.prepend(row); // live lists are newest first
       const wrap = role("incident-wrap");
       if (wrap) wrap.hidden = false;
@@ -91,6 +91,7 @@
       if (none) none.hidden = true;
     }
     row.classList.toggle("open", Boolean(inc.open));
+    setThumbnail(cell(row, "thumb"), inc);
     const range = cell(row, "range");
     range.replaceChildren(`${fixed2(inc.start_time_s)} s – `);
     if (inc.open) range.append(openBadge());
@@ -102,6 +103,26 @@
     } else if (!ack.querySelector("form")) {
       ack.replaceChildren(ackForm(inc.id));
     }
+  }
+
+  // The peak frame, through the access-checked view; its URL changes when the worker
+  // replaces it (a higher peak), so only then is the image fetched again.
+  function setThumbnail(td, inc) {
+    const url = typeof inc.thumbnail_url === "string" && inc.thumbnail_url.startsWith("/") ? inc.thumbnail_url : null;
+    const img = td.querySelector("img");
+    if (!url) return;
+    if (img && img.getAttribute("src") === url) return;
+    const link = document.createElement("a");
+    link.href = url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    const image = document.createElement("img");
+    image.className = "incident-thumb";
+    image.src = url;
+    image.alt = `Peak frame of incident ${inc.id}`;
+    image.loading = "lazy";
+    link.append(image);
+    td.replaceChildren(link);
   }
 
   function openBadge() {
