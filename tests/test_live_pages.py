@@ -126,6 +126,22 @@ def incident(analysis):
     return IncidentFactory(analysis=analysis, end_time_s=None)
 
 
+def test_it_lets_any_viewer_of_the_camera_acknowledge_and_nobody_else(
+    client, incident, viewer, stranger
+):
+    """The decision (docs/security.md): acknowledging is part of watching a camera, so every
+    viewer may do it without a model permission; it is recorded with who and when, deletes
+    nothing, and users who cannot see the camera get the same 404 as for a missing one."""
+    assert not viewer.has_perm("detection.change_incident")
+    url = reverse("detection:acknowledge", args=[incident.pk])
+    assert _login(client, stranger).post(url).status_code == 404
+    incident.refresh_from_db()
+    assert incident.acknowledged_at is None
+    assert _login(client, viewer).post(url).status_code == 302
+    incident.refresh_from_db()
+    assert incident.acknowledged_by == viewer
+
+
 def test_it_acknowledges_only_by_post(client, incident, viewer):
     _login(client, viewer)
     assert client.get(reverse("detection:acknowledge", args=[incident.pk])).status_code == 405
