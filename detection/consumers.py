@@ -11,20 +11,45 @@ socket is closed with CLOSE_UNAVAILABLE, so the page reconnects once they are ba
 than sitting on a dead subscription. Every RECHECK_SECONDS the socket also rejoins its group
 (a restarted Redis has forgotten it) and compares the database with what it relayed: scores
 or a status stored a whole period ago and never relayed (dropped by an overflowing layer at
-the end of a run, when no later score would reveal the gap) are announced then.
-"""
+the end of a run, when no later score would reveal the gap) are announced then. The same
+re-check closes the socket (4403) once its session no longer authenticates its user, the
+way `django.contrib.auth.get_user` decides: logged out, user deleted or deactivated,
+password changed (the session's auth hash, SECRET_KEY_FALLBACKS included), or access to
+the analysis revoked. A re-check that fails unexpectedly is logged and closes the socket
+(1011): it never dies silently, leaving the socket open for ever.
+
+Abuse: ASGI has no back-pressure, so daphne buffers whatever is sent to a client that does
+not read until its ping timeout (20 + 30 s by default) drops the connection. Resyncs are
+answered one at a time (the rest coalesce); a socket may send MAX_REQUESTS messages at once
+and REQUESTS_PER_SECOND after that, and be sent SNAPSHOT_BUDGET_BYTES of snapshots at once
+and SNAPSHOT_REFILL_BYTES_PER_SECOND after that. Beyond either, it is closed with
+CLOSE_TOO_MANY_REQUESTS (4429) and logged at WARNING. What one socket can make daphne hold
+is so bounded (~8 MiB, see the constants)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import (
+    BACKEND_SESSION_KEY,
+    HASH_SESSION_KEY,
+    SESSION_KEY,
+    get_user_model,
+    load_backend,
+)
 from django.contrib.sessions.backends.base import SessionBase
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError
+from django.utils.crypto import constant_time_compare
 
 from .access import visible_analyses
 from .frames import latest_frame_path
@@ -39,9 +64,25 @@ RECHECK_SECONDS = 15.0  # how soon revoked access or a logout closes an open soc
 # server sends too: a score is ~200 bytes of JSON, so 3,000 make ~0.6 MB.
 MAX_RESYNC = 3_000
 MAX_INCIDENTS = 20
+CLOSE_INTERNAL_ERROR = 1011  # a bug: logged with a traceback; the page retries
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY_REQUESTS = 4429  # an abusive client; a page that gets it reconnects later
 CLOSE_UNAVAILABLE = 4503  # the channel layer or the database failed: the page retries
+
+# Messages a socket may send: MAX_REQUESTS at once, then REQUESTS_PER_SECOND. The page
+# sends nothing but resyncs, one per gap it sees and then none until the reply arrives, so
+# it stays far below this even on a layer that drops messages; junk counts too (each
+# message costs a JSON parse of up to daphne's 1 MiB).
+MAX_REQUESTS = 20
+REQUESTS_PER_SECOND = 2.0
+# Snapshot bytes a socket may be sent: SNAPSHOT_BUDGET_BYTES at once (six of the largest
+# replies), then SNAPSHOT_REFILL_BYTES_PER_SECOND. A page gets one large snapshot when it
+# reconnects after an outage and small ones for gaps. A client that reads nothing can so
+# make daphne hold at most 4 MiB + 50 s (daphne's ping horizon) x 64 KiB/s + one reply
+# (0.6 MB) = ~8 MiB; unbounded, 2,000 unread resyncs grew daphne by 390-700 MB.
+SNAPSHOT_BUDGET_BYTES = 4 * 1024 * 1024
+SNAPSHOT_REFILL_BYTES_PER_SECOND = 64 * 1024
 
 
 def _unavailable_errors() -> tuple[type[Exception], ...]:
@@ -123,12 +164,59 @@ def may_see(user: Any, analysis_id: int) -> bool:
     return visible_analyses(user).filter(pk=analysis_id).exists()
 
 
-def still_allowed(user: Any, session: SessionBase | None, analysis_id: int) -> bool:
-    """Same rule as on connect, plus: the session still exists (no logout since)."""
-    if session is not None and session.session_key and not session.exists(session.session_key):
+def session_hash_verified(session_hash: str | None, user: Any) -> bool:
+    """Whether the session was made with the user's current password, as `get_user` checks.
+
+    The hash also depends on SECRET_KEY; one made with a key in SECRET_KEY_FALLBACKS still
+    verifies (a key rotation done right logs nobody out). `get_user` then cycles the
+    session's key on the next page request, which this socket sees as a logout.
+    """
+    if not hasattr(user, "get_session_auth_hash"):
+        return True  # a user model without passwords: get_user verifies nothing either
+    if not session_hash:
         return False
-    user.refresh_from_db(fields=["is_active", "is_superuser"])
-    return may_see(user, analysis_id)
+    if constant_time_compare(session_hash, user.get_session_auth_hash()):
+        return True
+    return any(
+        constant_time_compare(session_hash, fallback)
+        for fallback in user.get_session_auth_fallback_hash()
+    )
+
+
+def session_user(session: SessionBase | None, user_id: Any) -> Any | None:
+    """The user the session still authenticates, read afresh, or None.
+
+    `django.contrib.auth.get_user`'s rule, without its writes (the next page request
+    flushes or cycles the session): the session exists and has not expired, names this user
+    and a configured backend, the backend still returns the user (not deleted; ModelBackend
+    also refuses inactive users, and so does this for any backend), and the session's auth
+    hash matches the user's password.
+    """
+    if session is None or not session.session_key:
+        return None
+    # The socket's own copy was read at the handshake: read the stored session again.
+    engine = import_module(settings.SESSION_ENGINE)
+    data = engine.SessionStore(session.session_key).load()
+    try:
+        session_user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
+        backend_path = data[BACKEND_SESSION_KEY]
+    except (KeyError, ValidationError):
+        return None
+    # Another user on the same session key would need a login without Django's key cycling.
+    if session_user_id != user_id or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(session_user_id)
+    if user is None or not user.is_active:
+        return None
+    return user if session_hash_verified(data.get(HASH_SESSION_KEY), user) else None
+
+
+def still_allowed(user: Any, session: SessionBase | None, analysis_id: int) -> Any | None:
+    """The socket's user as stored now, when the session and the access rule still allow it."""
+    current = session_user(session, user.pk)
+    if current is None or not may_see(current, analysis_id):
+        return None
+    return current
 
 
 def stored_state(analysis_id: int) -> tuple[int | None, str] | None:
@@ -149,10 +237,46 @@ def newest_score(analysis_id: int) -> dict[str, Any] | None:
     return {"type": "score", **score_dict(rows[0]), "previous": previous}
 
 
+def resync_after(content: Any) -> int | None:
+    """The `after` of a resync request; None for anything else, which is ignored."""
+    if not isinstance(content, dict) or content.get("type") != "resync":
+        return None
+    after = content.get("after")
+    if not isinstance(after, int) or isinstance(after, bool):
+        return None
+    return after
+
+
+class TokenBucket:
+    """`capacity` at once, refilled at `per_second`: a rate limit that allows bursts."""
+
+    def __init__(self, capacity: float, per_second: float) -> None:
+        self.capacity = capacity
+        self.per_second = per_second
+        self.tokens = capacity
+        self.stamp = time.monotonic()
+
+    def available(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.per_second)
+        self.stamp = now
+        return self.tokens > 0
+
+    def spend(self, amount: float) -> None:
+        # May go below zero: a reply is sent whole, and the debt delays the next one.
+        self.tokens -= amount
+
+
 class AnalysisConsumer(AsyncJsonWebsocketConsumer):
     analysis_id: int
+    user: Any = None  # the socket's user, as last checked
     group: str = ""
+    closing: bool = False
     recheck: asyncio.Task[None] | None = None
+    answering: asyncio.Task[None] | None = None  # the resync being answered
+    wanted: int | None = None  # the next resync to answer: the smallest `after` asked for
+    requests: TokenBucket
+    snapshot_bytes: TokenBucket
     # What this socket has told the page: the newest frame index and the status.
     sent_index: int | None = None
     sent_status: str | None = None
@@ -172,12 +296,13 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             # The socket may be gone already; closing it is then a no-op.
             await send({"type": "websocket.close", "code": CLOSE_UNAVAILABLE})
         finally:
-            if self.recheck is not None:
-                self.recheck.cancel()
+            self._cancel_tasks()
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
+        user = self.user = self.scope.get("user")
         self.analysis_id = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.requests = TokenBucket(MAX_REQUESTS, REQUESTS_PER_SECOND)
+        self.snapshot_bytes = TokenBucket(SNAPSHOT_BUDGET_BYTES, SNAPSHOT_REFILL_BYTES_PER_SECOND)
         # Accept, then close with a code, so the page can tell "forbidden" (stop retrying)
         # from a network failure (retry). Nothing is sent and no group is joined first.
         await self.accept()
@@ -185,7 +310,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             log.info(
                 "socket refused: anonymous client %s, analysis %s", self._peer(), self.analysis_id
             )
-            await self.close(code=CLOSE_FORBIDDEN)
+            await self._close(CLOSE_FORBIDDEN)
             return
         after = self._after(self.scope.get("query_string", b"").decode())
         if not await database_sync_to_async(may_see)(user, self.analysis_id):
@@ -198,7 +323,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
                 self.analysis_id,
                 self._peer(),
             )
-            await self.close(code=CLOSE_NOT_FOUND)
+            await self._close(CLOSE_NOT_FOUND)
             return
         # Join before reading the snapshot: a score stored after the read but published
         # before the join would be lost without a trace when nothing follows it (the end of
@@ -207,11 +332,10 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         message = await database_sync_to_async(snapshot)(user, self.analysis_id, after)
         if message is None:  # deleted (or hidden) in the meantime
-            await self._leave_group()
-            await self.close(code=CLOSE_NOT_FOUND)
+            await self._close(CLOSE_NOT_FOUND)
             return
         await self._send_snapshot(message)
-        self.recheck = asyncio.create_task(self._recheck_forever())
+        self.recheck = asyncio.create_task(self._guarded("re-check", self._recheck_loop))
 
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)
@@ -226,9 +350,13 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             return None
 
     async def disconnect(self, code: int) -> None:
-        if self.recheck is not None:
-            self.recheck.cancel()
+        self._cancel_tasks()
         await self._leave_group()
+
+    def _cancel_tasks(self) -> None:
+        for task in (self.recheck, self.answering):
+            if task is not None:
+                task.cancel()
 
     async def _leave_group(self) -> None:
         group, self.group = self.group, ""
@@ -240,30 +368,66 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             # The membership expires with the layer's group expiry (or went with Redis).
             log.info("socket left analysis %s without the layer: %s", self.analysis_id, exc)
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.receive":
+            # channels closes stale database connections before every handler, in the one
+            # thread that runs the process's database work: behind a resync being read. So
+            # each incoming message would wait for the read before it, one by one, and
+            # none could coalesce. Receiving touches no database (the answer is read in a
+            # task, through database_sync_to_async, which closes them itself).
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        if not self.requests.available():
+            await self._close_abusive(
+                f"requests (over {MAX_REQUESTS} at once, then {REQUESTS_PER_SECOND:g} a second)"
+            )
+            return
+        self.requests.spend(1)
         # Binary frames, empty text and text that is not JSON are ignored, like any other
         # request that is not a resync (the base class would fail the socket with 1011).
+        # So is JSON nested too deeply for the parser ("[" * 100000): RecursionError.
         if not text_data:
             return
         try:
             content = await self.decode_json(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         await self.receive_json(content)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # The only request a client may make: what it missed.
-        if not isinstance(content, dict) or content.get("type") != "resync":
+        after = resync_after(content)
+        if after is None:
             return
-        after = content.get("after")
-        if not isinstance(after, int) or isinstance(after, bool):
-            return
-        message = await database_sync_to_async(snapshot)(
-            self.scope["user"], self.analysis_id, after
-        )
-        if message is None:
-            await self._refuse()
-        else:
+        # One resync in flight per socket. Requests that arrive while one is answered
+        # collapse into one follow-up from the smallest `after` among them. Dropping those
+        # the reply in flight seems to cover would be wrong: it was read before they came,
+        # so it misses what was stored since; one more reply is always correct (the page
+        # drops what it holds) and costs at most one reply per reply.
+        self.wanted = after if self.wanted is None else min(self.wanted, after)
+        if self.answering is None or self.answering.done():
+            self.answering = asyncio.create_task(self._guarded("resync", self._answer_resyncs))
+
+    async def _answer_resyncs(self) -> None:
+        while self.wanted is not None and not self.closing:
+            after, self.wanted = self.wanted, None
+            if not self.snapshot_bytes.available():
+                await self._close_abusive(
+                    f"snapshot bytes (over {SNAPSHOT_BUDGET_BYTES // 1024} KiB at once, then "
+                    f"{SNAPSHOT_REFILL_BYTES_PER_SECOND // 1024} KiB/s)"
+                )
+                return
+            message = await database_sync_to_async(snapshot)(self.user, self.analysis_id, after)
+            if self.closing:
+                return
+            if message is None:
+                await self._refuse()
+                return
             await self._send_snapshot(message)
 
     async def _send_snapshot(self, message: dict[str, Any]) -> None:
@@ -273,11 +437,18 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         if scores:
             self.sent_index = max(self.sent_index or -1, scores[-1]["frame_index"])
         self.sent_status = message["status"]
-        await self.send_json(message)
+        text = await self.encode_json(message)
+        self.snapshot_bytes.spend(len(text))  # ASCII: json.dumps escapes the rest
+        await self.send(text_data=text)
 
-    async def _recheck_forever(self) -> None:
+    async def _guarded(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Runs one of the socket's tasks; whatever ends it closes the socket, never silently.
+
+        A task's exception is otherwise kept by the task until it is garbage-collected,
+        and the socket stays open with no re-check (or no more answers) behind it.
+        """
         try:
-            await self._recheck_loop()
+            await work()
         except UNAVAILABLE_ERRORS as exc:
             log.warning(
                 "socket closed: live feed of analysis %s unavailable (%s): %s",
@@ -285,23 +456,34 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
                 type(exc).__name__,
                 exc,
             )
-            await self.close(code=CLOSE_UNAVAILABLE)
+            await self._close(CLOSE_UNAVAILABLE)
+        except Exception:
+            log.exception(
+                "socket closed: the %s of analysis %s failed (%s)",
+                name,
+                self.analysis_id,
+                self._peer(),
+            )
+            await self._close(CLOSE_INTERNAL_ERROR)
 
     async def _recheck_loop(self) -> None:
         before: tuple[int | None, str] | None = None  # the stored state one period ago
         while True:
             await asyncio.sleep(RECHECK_SECONDS)
-            allowed = await database_sync_to_async(still_allowed)(
-                self.scope["user"], self.scope.get("session"), self.analysis_id
+            user = await database_sync_to_async(still_allowed)(
+                self.user, self.scope.get("session"), self.analysis_id
             )
-            if not allowed:
+            if user is None:
                 log.info(
-                    "socket closed: access to analysis %s revoked or session ended (%s)",
+                    "socket closed: user id %s lost access to analysis %s or its session "
+                    "ended (logged out, password changed, deleted or deactivated) (%s)",
+                    self.user.pk,
                     self.analysis_id,
                     self._peer(),
                 )
                 await self._refuse()
                 return
+            self.user = user  # later snapshots see its current groups and flags
             # Idempotent; restores a membership that a restarted Redis forgot or that
             # channels_redis expired (group_expiry), which would otherwise go silent.
             await self.channel_layer.group_add(self.group, self.channel_name)
@@ -326,12 +508,35 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             await self._relay("status", {"status": now[1]})
 
     async def _refuse(self) -> None:
+        await self._close(CLOSE_FORBIDDEN)
+
+    async def _close_abusive(self, what: str) -> None:
+        # WARNING: one client flooding the server is what an operator wants to notice.
+        log.warning(
+            "socket closed (%s): too many %s from user %r (id %s) at %s, analysis %s",
+            CLOSE_TOO_MANY_REQUESTS,
+            what,
+            self.user.get_username(),
+            self.user.pk,
+            self._peer(),
+            self.analysis_id,
+        )
+        await self._close(CLOSE_TOO_MANY_REQUESTS)
+
+    async def _close(self, code: int) -> None:
+        # Nothing is sent or answered after this, even by a task already under way.
+        self.closing = True
         await self._leave_group()
-        await self.close(code=CLOSE_FORBIDDEN)
+        await self.close(code=code)
 
     # Group messages from detection.live.ChannelPublisher ("analysis.<kind>").
 
     async def _relay(self, kind: str, event: dict[str, Any]) -> None:
+        if self.answering is not None and not self.answering.done():
+            # After the resync being answered, as when resyncs were answered in line: a
+            # score stored after its read and relayed before it would be dropped by the
+            # page (it ignores scores while resyncing) yet counted as sent here.
+            await asyncio.wait({self.answering})
         if not self.group:
             return  # refused meanwhile; a late message must not leak
         payload = {k: v for k, v in event.items() if k != "type"}

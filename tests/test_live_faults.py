@@ -830,7 +830,7 @@ def watched(db):
 
 
 async def open_socket(analysis: Analysis, cookie: bytes) -> WebsocketCommunicator:
-    headers = [(b"origin", b"http://localhost"), (b"cookie", cookie)]
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost"), (b"cookie", cookie)]
     ws = WebsocketCommunicator(application, f"/ws/analyses/{analysis.pk}/", headers=headers)
     connected, _ = await ws.connect()
     assert connected
