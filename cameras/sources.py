@@ -17,7 +17,14 @@ File cameras are not read here: the engine's `detection.engine.video.VideoReader
 files sequentially without dropping a frame. `PacedFileSource` plays a file in real time as
 a simulated live camera for tests and demos.
 
+Stream URLs follow the one rule of `detection.engine.netpolicy` (the admin's too), and
+every open is preceded by a fresh check of what the host resolves to: a DNS answer that
+changed since the camera was saved cannot send FFmpeg to a metadata service. FFmpeg
+resolves the name again itself, so a rebinding in between remains possible (see
+docs/security.md, "Outbound requests: the trust model").
+
 Django-free on purpose (no Django or ORM imports): the worker, the API and scripts use it.
+The portal hands in its settings through `use_camera_policy` (cameras.validators).
 """
 
 from __future__ import annotations
@@ -35,13 +42,24 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
-# The engine is Django-free like this module; its content check decides what FFmpeg may open.
+# The engine is Django-free like this module; its content check decides what FFmpeg may open,
+# its netpolicy where a stream may connect. STREAM_SCHEMES and redact stay importable from
+# here: one definition each, in netpolicy.
 from detection.engine.errors import MediaError
+from detection.engine.netpolicy import (
+    STREAM_SCHEMES,
+    AddressError,
+    NetworkPolicy,
+    RefusedAddress,
+    Target,
+    camera_policy,
+    parse_url,
+    redact,
+)
 from detection.engine.video import check_video_file
 
 # Same as detection.engine: FFmpeg and OpenCV chatter ("Stream timeout triggered") would
@@ -52,7 +70,6 @@ if "OPENCV_LOG_LEVEL" not in os.environ:
 
 log = logging.getLogger(__name__)
 
-STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 ASSUMED_FPS = 25.0
 
 
@@ -67,6 +84,21 @@ class SourceStatus(StrEnum):
 
 class SourceError(ValueError):
     """A source that cannot be used as configured (bad URL, bad index, missing file)."""
+
+
+class SourceRefused(SourceError):
+    """A stream whose address the camera policy refuses: final, never retried."""
+
+
+# The policy a stream gets when its caller passes none. Without Django it is the built-in
+# default (LAN yes, loopback no); the portal installs one that reads its settings.
+_default_policy: Callable[[], NetworkPolicy] = camera_policy
+
+
+def use_camera_policy(provider: Callable[[], NetworkPolicy]) -> None:
+    """Make `provider()` the policy of streams opened without one (called per stream)."""
+    global _default_policy
+    _default_policy = provider
 
 
 StatusCallback = Callable[["SourceStatus", str], None]  # (status, error text or "")
@@ -110,33 +142,22 @@ class Backoff:
         return base * (1.0 - self.jitter * random.random())
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages an operator may see."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def check_stream_url(url: str) -> str:
-    """Return the stripped URL if it is an rtsp/rtsps/http/https URL with a host."""
-    text = url.strip() if isinstance(url, str) else ""
-    if not text or any(c.isspace() or ord(c) < 32 for c in text):
-        raise SourceError(f"{url!r} is not a stream URL")
+def _stream_target(url: object, policy: NetworkPolicy) -> Target:
+    """The parsed URL if it passes the stream URL rule; an IP address host is checked too."""
     try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise SourceError(f"{redact(text)!r} is not a valid stream URL") from None
-    scheme = parts.scheme.lower()
-    if scheme not in STREAM_SCHEMES:
-        raise SourceError(
-            f"stream URLs must use {', '.join(STREAM_SCHEMES)}, not {scheme or '(none)'!r}"
-        )
-    if not parts.hostname:
-        raise SourceError(f"{redact(text)!r} has no host")
-    return text
+        target = parse_url(url, STREAM_SCHEMES, "stream URL")
+    except AddressError as error:
+        raise SourceError(str(error)) from None
+    try:
+        policy.check_literal(target)  # names are checked (resolved) at each open
+    except AddressError as error:
+        raise SourceRefused(str(error)) from None
+    return target
+
+
+def check_stream_url(url: str, policy: NetworkPolicy | None = None) -> str:
+    """Return the stripped URL if it passes the stream URL rule (no DNS lookup here)."""
+    return _stream_target(url, policy or _default_policy()).url
 
 
 class _Ended(Exception):
@@ -351,7 +372,7 @@ class LiveSource:
             except (SourceError, cv2.error) as exc:
                 if isinstance(exc, cv2.error):
                     exc = SourceError(f"cannot open {self.name}: {exc.msg or exc}")
-                if not self.retry:
+                if not self.retry or isinstance(exc, SourceRefused):
                     self._set_status(SourceStatus.FAILED, str(exc))
                     return
                 self._fail(str(exc))
@@ -395,14 +416,26 @@ class StreamSource(LiveSource):
 
     kind = "stream"
 
-    def __init__(self, url: str, **options: Any) -> None:
-        self.url = check_stream_url(url)
+    def __init__(self, url: str, *, policy: NetworkPolicy | None = None, **options: Any) -> None:
+        self.policy = policy or _default_policy()
+        self.target = _stream_target(url, self.policy)
+        self.url = self.target.url
         super().__init__(**options)
 
     def describe(self) -> str:
         return redact(self.url)
 
+    def _check_address(self) -> None:
+        """Resolve the host now and check every address, right before FFmpeg opens it."""
+        try:
+            self.policy.check(self.target)
+        except RefusedAddress as error:
+            raise SourceRefused(f"cannot open {self.describe()}: {error}") from None
+        except AddressError as error:  # does not resolve (yet): retried with backoff
+            raise SourceError(f"cannot open {self.describe()}: {error}") from None
+
     def _open(self) -> cv2.VideoCapture:
+        self._check_address()
         started = time.monotonic()
         cap = cv2.VideoCapture(
             self.url,
@@ -497,21 +530,26 @@ class PacedFileSource(LiveSource):
         return None if self._stop.is_set() else image
 
 
-def open_source(kind: str, source: str | int, **options: Any) -> LiveSource:
+def open_source(
+    kind: str, source: str | int, *, policy: NetworkPolicy | None = None, **options: Any
+) -> LiveSource:
     """A (not yet started) live source for a camera of `kind` "webcam" or "stream".
 
     `source` is a device index (an int or a string of digits) or a stream URL; `options`
-    go to `LiveSource` (timeouts, `backoff`, `on_status`). File cameras are not live: the
-    engine's `VideoReader` reads them sequentially without dropping frames.
+    go to `LiveSource` (timeouts, `backoff`, `on_status`); `policy` decides which addresses
+    a stream may reach (default: the one `use_camera_policy` installed). File cameras are
+    not live: the engine's `VideoReader` reads them sequentially without dropping frames.
     """
     if kind == "webcam":
-        if isinstance(source, str) and source.strip().isdigit():
-            source = int(source.strip())
+        text = source.strip() if isinstance(source, str) else ""
+        # ASCII digits only: isdigit() also accepts "²", which int() refuses.
+        if text.isascii() and text.isdigit():
+            source = int(text)
         return WebcamSource(source, **options)  # type: ignore[arg-type]
     if kind == "stream":
         if not isinstance(source, str):
             raise SourceError(f"a stream source is a URL, not {source!r}")
-        return StreamSource(source, **options)
+        return StreamSource(source, policy=policy, **options)
     if kind == "file":
         raise SourceError("file cameras are read by detection.engine.video.VideoReader")
     raise SourceError(f"unknown camera kind {kind!r}; expected 'webcam' or 'stream'")

@@ -1,26 +1,41 @@
 """Validation of camera sources: what each kind of camera may point at.
 
 File cameras may only read inside the directories the operator allowed
-(`DETECTION_VIDEO_DIRS`, MEDIA_ROOT); streams only speak rtsp/rtsps/http/https. These rules
-are also re-applied by the worker when it opens a source, so a symlink swapped after
-validation does not widen access.
+(`DETECTION_VIDEO_DIRS`, MEDIA_ROOT); streams follow the one URL and address rule of
+`detection.engine.netpolicy` (rtsp/rtsps/http/https; LAN addresses and names yes; link-local
+and cloud metadata never; loopback only where DETECTION_CAMERA_ALLOWED_NETWORKS opens it).
+These rules are also re-applied by the worker when it opens a source, so a symlink swapped
+or a DNS answer changed after validation does not widen access.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
 
-STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+from detection.engine import netpolicy
+from detection.engine.netpolicy import STREAM_SCHEMES as STREAM_SCHEMES  # one definition
+
+from . import sources
+
 MAX_WEBCAM_INDEX = 63
+_WEBCAM_INDEX = re.compile(r"-?[0-9]+")  # ASCII only: "²".isdigit() is True, int("²") fails
 
-_url_validator = URLValidator(schemes=list(STREAM_SCHEMES))
+
+def camera_policy() -> netpolicy.NetworkPolicy:
+    """Where cameras may connect, with the networks the settings open (read per call)."""
+    return netpolicy.camera_policy(settings.DETECTION_CAMERA_ALLOWED_NETWORKS)
+
+
+# The worker checks a stream's address again before every open, in the Django-free frame
+# sources: they get this settings-backed policy. cameras.models imports this module, so
+# every Django process (web, worker, commands, tests) has it installed.
+sources.use_camera_policy(camera_policy)
 
 
 def allowed_video_dirs() -> list[Path]:
@@ -30,7 +45,7 @@ def allowed_video_dirs() -> list[Path]:
 
 def webcam_index(source: str) -> int:
     text = source.strip()
-    if not text.lstrip("-").isdigit():
+    if not _WEBCAM_INDEX.fullmatch(text):
         raise ValidationError(
             "A webcam source is a device index such as 0 or 1, not %(value)r.",
             code="webcam_index",
@@ -49,21 +64,17 @@ def webcam_index(source: str) -> int:
 
 
 def stream_url(source: str) -> str:
-    url = source.strip()
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in STREAM_SCHEMES:
-        raise ValidationError(
-            "Stream URLs must use rtsp, rtsps, http or https, not %(scheme)r.",
-            code="stream_scheme",
-            params={"scheme": scheme or "(none)"},
-        )
+    """The stripped URL, if cameras may stream from it (the worker's rule, plus DNS).
+
+    A host name that does not resolve now is accepted (cameras are registered before they
+    are online); the worker checks what it resolves to before every open.
+    """
     try:
-        _url_validator(url)
-    except ValidationError:
-        raise ValidationError(
-            "%(value)r is not a valid stream URL.", code="stream_url", params={"value": url}
-        ) from None
-    return url
+        target = netpolicy.parse_url(source, STREAM_SCHEMES, "stream URL")
+        camera_policy().check(target, unresolvable_ok=True)
+    except netpolicy.AddressError as error:
+        raise ValidationError(str(error), code=f"stream_{error.code}") from None
+    return target.url
 
 
 def video_path(source: str, allowed: Iterable[Path] | None = None) -> Path:

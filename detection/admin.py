@@ -15,6 +15,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.db import models
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
@@ -63,6 +64,8 @@ SUMMARY_FIELDS = (
 @admin.register(Analysis)
 class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     camera_path = "camera"
+    # Django 6 drops the "http" default for scheme-less URLs; receivers are https.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = (
         "name",
         "camera",
@@ -105,6 +108,15 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         (
             "Options",
             {"fields": ("localize", "skip_black_frames", "motion_gating", "rescore_interval_s")},
+        ),
+        (
+            "Webhook",
+            {
+                "fields": ("webhook_url",),
+                "description": "A JSON POST to this URL when an incident opens or closes. "
+                "Public addresses only, unless DETECTION_WEBHOOK_ALLOWED_NETWORKS opens "
+                "internal ones; redirects are not followed.",
+            },
         ),
         (
             "Status",

@@ -82,6 +82,7 @@ class Analysis(models.Model):
     webhook_url = models.URLField(
         blank=True,
         max_length=1000,
+        validators=[validators.webhook_url],
         help_text="Optional: POST a JSON event here when an incident opens or closes.",
     )
     rescore_interval_s = models.FloatField(

@@ -46,3 +46,20 @@ def sampling_fps(value: float) -> None:
         raise ValidationError(
             "At most %(max)s frames/s.", code="range", params={"max": int(MAX_SAMPLING_FPS)}
         )
+
+
+def webhook_url(value: str) -> None:
+    """`Analysis.webhook_url`: the rule every delivery follows (detection.webhooks), when saved.
+
+    Unlike a camera, a receiver whose name does not resolve is refused: there is nothing to
+    check it against, and nobody would notice deliveries failing later.
+    """
+    if not value:
+        return
+    from .engine.netpolicy import AddressError
+    from .webhooks import check_url
+
+    try:
+        check_url(value)
+    except AddressError as error:
+        raise ValidationError(str(error), code=f"webhook_{error.code}") from None

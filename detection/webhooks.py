@@ -2,17 +2,39 @@
 
 Deliveries run on a background thread with a timeout and a few retries with backoff; a
 receiver that is down costs a log line, not a stalled worker.
+
+Where a webhook may go is the trust model of docs/security.md ("Outbound requests"):
+http/https only; public addresses, plus the networks DETECTION_WEBHOOK_ALLOWED_NETWORKS
+opens; never link-local or cloud metadata. Each attempt resolves the host, checks every
+address and connects to a checked one (Host header and TLS name stay the host name), so a
+DNS answer that changes in between cannot redirect the POST. Redirects are not followed.
+Credentials in the URL are sent as HTTP Basic and never logged (`redact`).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import logging
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from django.conf import settings
+
+from detection.engine import netpolicy
+from detection.engine.netpolicy import (
+    WEBHOOK_SCHEMES,
+    AddressError,
+    IPAddress,
+    NetworkPolicy,
+    Target,
+    UnresolvableHost,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +47,56 @@ BACKOFF_S = 1.0
 _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook")
 
 
+def webhook_policy() -> NetworkPolicy:
+    """Where webhooks may go, with the networks the settings open (read per call)."""
+    return netpolicy.webhook_policy(settings.DETECTION_WEBHOOK_ALLOWED_NETWORKS)
+
+
+def check_url(
+    url: str, policy: NetworkPolicy | None = None
+) -> tuple[Target, tuple[IPAddress, ...]]:
+    """The parsed URL and its checked addresses; `AddressError` says why not."""
+    target = netpolicy.parse_url(url, WEBHOOK_SCHEMES, "webhook URL")
+    return target, (policy or webhook_policy()).check(target)
+
+
 def deliver(
-    url: str, event: dict[str, Any], *, retries: int = RETRIES, backoff_s: float = BACKOFF_S
+    url: str,
+    event: dict[str, Any],
+    *,
+    retries: int = RETRIES,
+    backoff_s: float = BACKOFF_S,
+    policy: NetworkPolicy | None = None,
 ) -> bool:
     """POST `event` as JSON; True when the receiver answered 2xx. Runs in the caller."""
+    shown = redact(url)
     body = json.dumps(event).encode()
     for attempt in range(1, retries + 1):
-        request = urllib.request.Request(
-            url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "clipwatch-webhook"},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                if 200 <= response.status < 300:
-                    return True
-                reason = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            reason = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            reason = str(getattr(exc, "reason", exc))
-        log.warning("webhook %s attempt %d/%d failed: %s", url, attempt, retries, reason)
+            # Checked on every attempt: the address is what this attempt connects to.
+            target, addresses = check_url(url, policy)
+            status, location = _post(target, addresses, body)
+        except UnresolvableHost as exc:  # DNS may come back: retried
+            reason = str(exc)
+        except AddressError as exc:  # a refused address or a bad URL: retrying cannot help
+            log.warning("webhook %s refused: %s", shown, exc)
+            return False
+        except (OSError, http.client.HTTPException) as exc:
+            reason = str(exc) or type(exc).__name__
+        else:
+            if 200 <= status < 300:
+                return True
+            if 300 <= status < 400:
+                # Following it would reach a target nobody checked: a failed delivery.
+                log.warning(
+                    "webhook %s answered HTTP %d, a redirect to %s: not followed, not delivered",
+                    shown,
+                    status,
+                    redact(location) if location else "(no Location)",
+                )
+                return False
+            reason = f"HTTP {status}"
+        log.warning("webhook %s attempt %d/%d failed: %s", shown, attempt, retries, reason)
         if attempt < retries:
             time.sleep(backoff_s * 2 ** (attempt - 1))
     return False
@@ -56,3 +106,72 @@ def send(url: str, event: dict[str, Any]) -> None:
     """Queue a delivery and return at once."""
     if url:
         _pool.submit(deliver, url, event)
+
+
+# --- the connection -----------------------------------------------------------------------
+
+
+def _post(target: Target, addresses: tuple[IPAddress, ...], body: bytes) -> tuple[int, str]:
+    """POST `body` to `target` over a connection to one of `addresses`; (status, Location)."""
+    headers = {"Content-Type": "application/json", "User-Agent": "clipwatch-webhook"}
+    if target.username is not None:
+        secret = f"{target.username}:{target.password or ''}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(secret).decode("ascii")
+    connection: http.client.HTTPConnection
+    if target.scheme == "https":
+        connection = _PinnedHTTPSConnection(target.host, target.port, addresses)
+    else:
+        connection = _PinnedHTTPConnection(target.host, target.port, addresses)
+    try:
+        connection.request("POST", target.request_target, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.getheader("Location") or ""
+    finally:
+        connection.close()
+
+
+def _connect_to(addresses: tuple[IPAddress, ...]):
+    """A stand-in for `socket.create_connection` that connects to the checked addresses.
+
+    No resolver is involved: the socket connects to each address in turn, as given.
+    """
+
+    def create_connection(
+        address: tuple[str, int], timeout: object = None, source_address: Any = None
+    ) -> socket.socket:
+        error: OSError = OSError("no address to connect to")
+        for ip in addresses:
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout if isinstance(timeout, int | float) else TIMEOUT_S)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect((str(ip), address[1]))
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error
+
+    return create_connection
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """http.client, but connected to the addresses that were checked, not a new lookup.
+
+    `host` stays the name: the Host header (and, for https, SNI and the certificate check)
+    are about the name the operator wrote.
+    """
+
+    def __init__(self, host: str, port: int, addresses: tuple[IPAddress, ...]) -> None:
+        super().__init__(host, port, timeout=TIMEOUT_S)
+        self._create_connection = _connect_to(addresses)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    __doc__ = _PinnedHTTPConnection.__doc__
+
+    def __init__(self, host: str, port: int, addresses: tuple[IPAddress, ...]) -> None:
+        super().__init__(host, port, timeout=TIMEOUT_S, context=ssl.create_default_context())
+        self._create_connection = _connect_to(addresses)

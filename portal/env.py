@@ -10,6 +10,7 @@ default": compose files and systemd units often write ``FOO=`` to mean "not set"
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -110,6 +111,24 @@ def get_list(name: str, default: list[str]) -> list[str]:
     if not items:
         raise _bad(name, raw, "a comma-separated list with at least one item")
     return items
+
+
+def get_networks(
+    name: str, default: list[str]
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma-separated IP networks in CIDR notation (a bare address is a /32 or /128)."""
+    networks = []
+    for item in get_list(name, default):
+        try:
+            # strict: "10.0.0.5/8" is refused rather than silently read as 10.0.0.0/8.
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            raise _bad(
+                name,
+                _raw(name) or item,
+                f"comma-separated networks such as 10.0.0.0/8 or fd00::/8 ({item!r} is not one)",
+            ) from None
+    return networks
 
 
 def get_paths(name: str, default: list[Path]) -> list[Path]:

@@ -8,6 +8,7 @@ without the secret key rather than run with a guessable one.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -23,6 +24,7 @@ from portal.env import (
     get_float,
     get_int,
     get_list,
+    get_networks,
     get_optional_str,
     get_path,
     get_paths,
@@ -87,6 +89,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Login throttling (django-axes): failed attempts are counted in the database.
+    "axes",
     "channels",
     "cameras",
     "detection",
@@ -102,6 +106,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -241,6 +247,21 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
 
+# Login throttling with django-axes (a maintained library, not hand-written counters): the
+# portal's login page and the admin's both authenticate through this backend.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = get_int("DJANGO_LOGIN_FAILURE_LIMIT", 5, min=1)
+AXES_COOLOFF_TIME = timedelta(minutes=get_int("DJANGO_LOGIN_COOLOFF_MINUTES", 15, min=1))
+# A lock holds one user name from one address: guessing from one machine stops, while an
+# attacker elsewhere cannot lock the real operator out. Behind nginx the address is the
+# client's because daphne runs with --proxy-headers (deploy/).
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+
 # --- I18n -----------------------------------------------------------------------------
 
 LANGUAGE_CODE = "en-us"
@@ -270,6 +291,16 @@ MEDIA_ROOT = get_path("MEDIA_ROOT", VAR_DIR / "media")
 
 # Directories video files may be read from; uploads land in MEDIA_ROOT.
 DETECTION_VIDEO_DIRS = get_paths("DETECTION_VIDEO_DIRS", [MEDIA_ROOT])
+# Outbound requests (docs/security.md, "Outbound requests: the trust model"): networks that
+# cameras and webhooks may reach besides their defaults (cameras: the LAN; webhooks: public
+# addresses). Loopback is open while debugging, as ALLOWED_HOSTS is; never cloud metadata.
+_DEBUG_NETWORKS = ["127.0.0.0/8", "::1/128"] if DEBUG else []
+DETECTION_CAMERA_ALLOWED_NETWORKS = get_networks(
+    "DETECTION_CAMERA_ALLOWED_NETWORKS", _DEBUG_NETWORKS
+)
+DETECTION_WEBHOOK_ALLOWED_NETWORKS = get_networks(
+    "DETECTION_WEBHOOK_ALLOWED_NETWORKS", _DEBUG_NETWORKS
+)
 # open_clip model name, or hf-hub:org/repo, local-dir:/path, /path/to/config.json.
 DETECTION_MODEL = get_str("DETECTION_MODEL", "ViT-B-16")
 # An open_clip pretrained tag, a path to a checkpoint file, or "none" (random weights:

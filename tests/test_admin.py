@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,34 @@ def test_it_shows_a_bad_source_as_a_field_error_and_saves_nothing(
     assert Camera.objects.count() == 0
 
 
+@pytest.mark.parametrize("source", ["rtsp://nvr:554/stream1", "rtsp://cam_1.local/live"])
+def test_it_accepts_lan_camera_host_names_the_worker_accepts(admin_client, source):
+    response = admin_client.post(CAMERA_ADD, camera_form(source=source))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert Camera.objects.get().source == source
+
+
+@pytest.mark.parametrize(
+    ("kind", "source", "message"),
+    [
+        (Camera.Kind.STREAM, "http://169.254.169.254/latest/meta-data/", "cloud metadata"),
+        (Camera.Kind.STREAM, "http://[::1]:8080/mjpg", "a loopback address"),
+        (Camera.Kind.STREAM, "http://127.0.0.1:8000/admin/", "a loopback address"),
+        (Camera.Kind.WEBCAM, "\u00b2", "device index"),
+    ],
+)
+def test_it_refuses_internal_stream_targets_and_odd_digits_as_field_errors(
+    admin_client, settings, kind, source, message
+):
+    settings.DETECTION_CAMERA_ALLOWED_NETWORKS = []  # production's default
+    response = admin_client.post(CAMERA_ADD, camera_form(kind=kind, source=source))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["source"]
+    assert message in " ".join(errors["source"])
+    assert Camera.objects.count() == 0
+
+
 def test_it_adds_a_stream_camera_and_records_who_created_it(admin_client, admin_user):
     viewer = UserFactory(username="vera")
     group = GroupFactory(name="night-shift")
@@ -258,6 +287,33 @@ def test_it_adds_an_analysis_and_records_who_created_it(admin_client, admin_user
     errors = blank.context["adminform"].form.errors
     assert {"anomaly_prompts", "threshold", "status"} <= set(errors)
     assert Analysis.objects.count() == 1
+
+
+def test_it_sets_a_webhook_through_the_analysis_change_form(admin_client, settings):
+    settings.DETECTION_WEBHOOK_ALLOWED_NETWORKS = [ip_network("10.0.0.0/8")]
+    analysis = AnalysisFactory()
+    url = reverse("admin:detection_analysis_change", args=[analysis.pk])
+    page = admin_client.get(url)
+    assert 'name="webhook_url"' in page.content.decode()
+    data = form_data(page)
+
+    for target, reason in [
+        ("http://169.254.169.254/latest/meta-data/", "a cloud metadata address"),
+        ("http://192.168.1.5/hook", "a private address"),
+        ("ftp://10.0.0.7/hook", "must use http or https"),
+    ]:
+        refused = admin_client.post(url, {**data, "webhook_url": target})
+        assert refused.status_code == 200, target
+        errors = refused.context["adminform"].form.errors
+        assert list(errors) == ["webhook_url"]
+        assert reason in " ".join(errors["webhook_url"])
+    analysis.refresh_from_db()
+    assert analysis.webhook_url == ""
+
+    response = admin_client.post(url, {**data, "webhook_url": "http://10.0.0.7:9000/hook"})
+    assert response.status_code == 302
+    analysis.refresh_from_db()
+    assert analysis.webhook_url == "http://10.0.0.7:9000/hook"
 
 
 def test_it_queues_what_can_be_queued_and_skips_the_rest(admin_client):
@@ -457,7 +513,8 @@ def test_it_previews_the_thumbnail_of_an_incident(admin_client, settings, tmp_pa
 
     incident.thumbnail.save("peak.jpg", ContentFile(b"jpeg"))
     content = admin_client.get(url).content.decode()
-    assert f'<img src="{incident.thumbnail.url}"' in content
+    # Through the access-checked view: MEDIA_URL is not served (test_incident_thumbnails.py).
+    assert f'<img src="{incident.thumbnail_url}"' in content
 
     # A hostile stored name cannot break out of the attribute.
     Incident.objects.filter(pk=incident.pk).update(thumbnail='x"><script>alert(1)</script>.jpg')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from ipaddress import ip_network
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -11,6 +12,7 @@ from django.db import IntegrityError
 from cameras.models import Camera
 from detection.models import Analysis, FrameScore
 from tests.factories import AnalysisFactory, FrameScoreFactory
+from tests.test_webhooks import resolve_as
 
 pytestmark = pytest.mark.django_db
 
@@ -68,6 +70,90 @@ def test_it_accepts_webcam_indexes_and_refuses_negative_ones():
     assert "cannot be negative" in source_errors("webcam", "-1")[0]
     assert "device index" in source_errors("webcam", "/dev/video0")[0]
     assert "above 63" in source_errors("webcam", "64")[0]
+
+
+@pytest.mark.parametrize("source", ["\u00b2", "\u0661", "--1", "+1", "0x1", "1_0"])
+def test_it_refuses_webcam_indexes_that_are_not_ascii_digits(source):
+    # `isdigit()` accepts superscripts and other scripts' digits; `int()` then fails or
+    # reads them: only 0-9 are a device index.
+    errors = source_errors("webcam", source)
+    assert len(errors) == 1 and "device index" in errors[0]
+
+
+# --- outbound addresses (docs/security.md, "Outbound requests: the trust model") --------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rtsp://nvr:554/stream1",
+        "rtsp://cam_1.local/live",
+        "rtsp://admin:secret@NVR.lan/ch1",
+        "rtsp://192.168.1.20/h264",
+        "rtsp://172.16.4.2:554/",
+        "http://10.0.0.5:8080/mjpg",
+        "http://[fd12:3456::5]:8080/mjpg",
+        "rtsp://100.101.102.103/live",  # carrier-grade NAT, Tailscale
+    ],
+)
+def test_it_accepts_lan_cameras_by_address_or_host_name(url):
+    assert source_errors("stream", url) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "a cloud metadata address"),
+        ("http://[fd00:ec2::254]/latest/meta-data/", "a cloud metadata address"),
+        ("http://[::ffff:169.254.169.254]/", "a cloud metadata address"),
+        ("http://[::ffff:a9fe:a9fe]/", "a cloud metadata address"),
+        ("http://100.100.100.200/latest/meta-data/", "a cloud metadata address"),
+        ("rtsp://169.254.10.20/live", "a link-local address"),
+        ("rtsp://[fe80::1]/live", "a link-local address"),
+        ("http://0.0.0.0:8080/", "an unspecified address"),
+        ("http://[::]:8080/", "an unspecified address"),
+        ("rtsp://239.1.1.1/", "a multicast address"),
+        ("http://2130706433/", "four decimal numbers"),  # 127.0.0.1 written as one number
+        ("http://0x7f.1/", "four decimal numbers"),
+        ("http://a@b@10.0.0.5/", "%40"),
+    ],
+)
+def test_it_refuses_link_local_and_metadata_stream_cameras(url, reason):
+    errors = source_errors("stream", url)
+    assert len(errors) == 1 and reason in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/mjpg",
+        "rtsp://[::1]:8554/live",
+        "http://[::ffff:127.0.0.1]/",
+        "http://localhost:8080/",  # refused by what it resolves to
+    ],
+)
+def test_it_refuses_loopback_cameras_unless_the_setting_allows_them(settings, url):
+    settings.DETECTION_CAMERA_ALLOWED_NETWORKS = []
+    errors = source_errors("stream", url)
+    assert len(errors) == 1, errors
+    assert "a loopback address" in errors[0]
+    assert "DETECTION_CAMERA_ALLOWED_NETWORKS" in errors[0]
+    settings.DETECTION_CAMERA_ALLOWED_NETWORKS = [ip_network("127.0.0.0/8"), ip_network("::1/128")]
+    assert source_errors("stream", url) == []
+
+
+def test_it_checks_every_address_a_camera_host_name_resolves_to(monkeypatch):
+    resolve_as(
+        monkeypatch,
+        {"cam.example.net": ["192.168.1.20", "169.254.169.254"], "nvr": ["10.0.0.8"]},
+    )
+    errors = source_errors("stream", "rtsp://cam.example.net/live")
+    assert len(errors) == 1
+    assert "cam.example.net" in errors[0] and "169.254.169.254, a cloud metadata" in errors[0]
+    assert source_errors("stream", "rtsp://nvr/live") == []
+    # A camera registered while its name does not resolve (offline, another DNS view) is
+    # accepted: the worker checks what it resolves to before every open.
+    assert source_errors("stream", "rtsp://offline-cam.example.net/live") == []
 
 
 def test_it_accepts_files_inside_the_allowed_directories(video_dir):
@@ -162,6 +248,38 @@ def test_it_refuses_bad_analysis_fields(fields, field, reason):
     errors = analysis_errors(**fields)
     assert field in errors, errors
     assert any(reason in message for message in errors[field])
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://hooks.example.net/x", "must use http or https, not 'ftp'"),
+        ("http://169.254.169.254/latest/meta-data/", "a cloud metadata address"),
+        ("http://10.0.0.5/hook", "a private address"),
+        ("http://127.0.0.1:9000/hook", "a loopback address"),
+        ("https://internal.example.net/hook", "192.168.1.5, a private address"),
+        ("https://gone.example.net/hook", "does not resolve"),
+    ],
+)
+def test_it_refuses_webhooks_to_internal_or_unresolvable_receivers(
+    settings, monkeypatch, url, reason
+):
+    settings.DETECTION_WEBHOOK_ALLOWED_NETWORKS = []
+    resolve_as(
+        monkeypatch,
+        {"internal.example.net": ["192.168.1.5"], "hooks.example.net": ["93.184.215.14"]},
+    )
+    errors = analysis_errors(webhook_url=url).get("webhook_url", [])
+    assert any(reason in message for message in errors), errors
+
+
+def test_it_accepts_public_webhooks_and_networks_the_setting_opens(settings, monkeypatch):
+    resolve_as(monkeypatch, {"hooks.example.net": ["93.184.215.14"]})
+    settings.DETECTION_WEBHOOK_ALLOWED_NETWORKS = []
+    assert analysis_errors(webhook_url="https://hooks.example.net/incident") == {}
+    assert "webhook_url" in analysis_errors(webhook_url="http://10.0.0.5:8080/hook")
+    settings.DETECTION_WEBHOOK_ALLOWED_NETWORKS = [ip_network("10.0.0.0/8")]
+    assert analysis_errors(webhook_url="http://10.0.0.5:8080/hook") == {}
 
 
 def test_it_lists_prompts_one_per_line():

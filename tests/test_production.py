@@ -63,6 +63,7 @@ _ENV_READERS = {
     "get_list",
     "get_path",
     "get_paths",
+    "get_networks",
 }
 
 

@@ -271,7 +271,104 @@ def test_it_refuses_what_is_not_a_stream_url(url):
         StreamSource(url)
     assert isinstance(exc.value, ValueError)
     if url.startswith("ftp"):
-        assert "rtsp, rtsps, http, https" in str(exc.value) and "'ftp'" in str(exc.value)
+        assert "rtsp, rtsps, http or https" in str(exc.value) and "'ftp'" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("rtsp://nvr:554/stream1", True),
+        ("rtsp://cam_1.local/live", True),
+        ("rtsps://cam.example.com/live", True),
+        ("http://192.168.1.20/mjpg", True),
+        ("rtsp://[fd12::5]/live", True),
+        ("ftp://cam.local/live", False),
+        ("rtsp://", False),
+        ("http://cam..local/", False),
+        ("http://a@b@10.0.0.5/", False),
+        ("http://cam.local:99999/", False),
+        ("http://169.254.169.254/latest/meta-data/", False),
+        ("http://[::ffff:169.254.169.254]/", False),
+        ("http://0.0.0.0/", False),
+        ("http://2130706433/", False),
+    ],
+)
+def test_it_applies_the_admins_stream_url_rule_in_the_worker(url, accepted):
+    from django.core.exceptions import ValidationError
+
+    from cameras import validators
+
+    try:
+        validators.stream_url(url)
+        admin_accepts = True
+    except ValidationError:
+        admin_accepts = False
+    try:
+        StreamSource(url)
+        worker_accepts = True
+    except SourceError:
+        worker_accepts = False
+    assert (admin_accepts, worker_accepts) == (accepted, accepted)
+
+
+def test_it_defines_the_stream_schemes_once():
+    from cameras import sources, validators
+    from detection.engine import netpolicy
+
+    assert sources.STREAM_SCHEMES is validators.STREAM_SCHEMES is netpolicy.STREAM_SCHEMES
+
+
+def test_it_opens_the_workers_streams_under_the_portals_camera_policy(settings):
+    # The worker calls open_source() without a policy: it gets the settings' one, which
+    # cameras.validators installs in every Django process.
+    from ipaddress import ip_network
+
+    settings.DETECTION_CAMERA_ALLOWED_NETWORKS = []  # production's default
+    with pytest.raises(SourceError, match=r"a loopback address.*DETECTION_CAMERA_ALLOWED"):
+        open_source("stream", "http://127.0.0.1:8080/live")
+    settings.DETECTION_CAMERA_ALLOWED_NETWORKS = [ip_network("127.0.0.1/32")]
+    assert open_source("stream", "http://127.0.0.1:8080/live").url == "http://127.0.0.1:8080/live"
+    with pytest.raises(SourceError, match="cloud metadata"):
+        open_source("stream", "http://169.254.169.254/latest/meta-data/")
+
+
+def test_it_refuses_a_host_name_that_resolves_to_loopback_before_opening_it(server, sources):
+    from detection.engine.netpolicy import camera_policy
+
+    recorder = Recorder()
+    strict = camera_policy()  # no network opened: loopback is refused
+    source = stream(
+        sources, f"http://localhost:{server.port}/", policy=strict, on_status=recorder
+    ).start()
+    assert wait_until(lambda: not source.running, 3.0)
+    assert source.status is SourceStatus.FAILED, "a refused address is final, not retried"
+    assert "localhost" in source.last_error and "a loopback address" in source.last_error
+    assert server.connections == 0 and source.open_attempts == 1
+
+
+def test_it_checks_the_resolved_address_again_before_each_open(monkeypatch, sources):
+    from cameras import validators
+    from tests.test_webhooks import resolve_as
+
+    table = {"cam.example.net": ["10.0.0.8"]}
+    resolve_as(monkeypatch, table)
+    url = "rtsp://cam.example.net/live"
+    assert validators.stream_url(url) == url  # registered while it pointed at the LAN
+    table["cam.example.net"] = ["169.254.169.254"]  # then the DNS answer changed
+    source = stream(sources, url).start()
+    assert wait_until(lambda: not source.running, 3.0)
+    assert source.status is SourceStatus.FAILED
+    assert "169.254.169.254, a cloud metadata address" in source.last_error
+
+
+def test_it_retries_a_camera_whose_name_does_not_resolve_yet(monkeypatch, sources):
+    from tests.test_webhooks import resolve_as
+
+    resolve_as(monkeypatch, {})
+    source = stream(sources, "rtsp://nvr/live").start()
+    assert wait_until(lambda: source.open_attempts >= 2, 3.0)
+    assert source.running and source.status is not SourceStatus.FAILED
+    assert "'nvr' does not resolve" in source.last_error
 
 
 def test_it_builds_sources_by_camera_kind_and_hides_passwords():
@@ -285,7 +382,13 @@ def test_it_builds_sources_by_camera_kind_and_hides_passwords():
     webcam = open_source("webcam", "1")
     assert isinstance(webcam, WebcamSource) and webcam.index == 1
     assert not webcam.started and webcam.status is SourceStatus.OFFLINE
-    for kind, value in [("webcam", "-1"), ("webcam", "front"), ("file", "/x.mp4"), ("ptz", "0")]:
+    for kind, value in [
+        ("webcam", "-1"),
+        ("webcam", "front"),
+        ("webcam", "\u00b2"),  # isdigit() says yes, int() says no: a SourceError, not a crash
+        ("file", "/x.mp4"),
+        ("ptz", "0"),
+    ]:
         with pytest.raises(SourceError):
             open_source(kind, value)
     with pytest.raises(SourceError, match="timeout"):
