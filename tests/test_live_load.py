@@ -42,7 +42,8 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.test import Client
 
-from detection.models import FrameScore
+from detection.consumers import MAX_RESYNC
+from detection.models import Analysis, FrameScore
 from tests.conftest import ROOT, manage
 from tests.factories import AnalysisFactory, CameraFactory, GroupFactory, UserFactory
 from tests.streams import MJPEGServer, free_port, wait_for_port
@@ -430,19 +431,14 @@ def test_it_refuses_a_message_over_1_mib_on_the_make_run_server(tmp_path, subpro
     assert code in REFUSED
 
 
-def test_it_sends_the_largest_resync_under_the_1_mib_cap(tmp_path, subprocess_env):
-    """A resync of MAX_RESYNC scores reaches the page through a real daphne.
+def full_resync_analysis(viewer) -> int:
+    """An analysis whose every resync from the start is the largest reply: MAX_RESYNC scores.
 
-    Autobahn applies daphne's 1 MiB limit to outgoing messages too: a bigger reply raises
-    in the consumer, the socket closes with 1011, and a page that reconnects with the same
-    `after` fails the same way for ever. Realistic worst-case rows: large frame indices,
-    full-precision floats, a timestamp with microseconds (~185 bytes each in JSON).
+    Realistic worst-case rows: large frame indices, full-precision floats, a timestamp with
+    microseconds (~185 bytes each in JSON).
     """
     from django.utils import timezone
 
-    from detection.consumers import MAX_RESYNC
-
-    viewer = UserFactory(username="catching-up")
     analysis = AnalysisFactory(camera=CameraFactory(viewers=[viewer]))
     rng = np.random.default_rng(0)
     now = timezone.now()
@@ -458,6 +454,19 @@ def test_it_sends_the_largest_resync_under_the_1_mib_cap(tmp_path, subprocess_en
         )
         for i in range(MAX_RESYNC + 1)
     )
+    return analysis.pk
+
+
+def test_it_sends_the_largest_resync_under_the_1_mib_cap(tmp_path, subprocess_env):
+    """A resync of MAX_RESYNC scores reaches the page through a real daphne.
+
+    Autobahn applies daphne's 1 MiB limit to outgoing messages too: a bigger reply raises
+    in the consumer, the socket closes with 1011, and a page that reconnects with the same
+    `after` fails the same way for ever. Realistic worst-case rows: large frame indices,
+    full-precision floats, a timestamp with microseconds (~185 bytes each in JSON).
+    """
+    viewer = UserFactory(username="catching-up")
+    analysis = Analysis.objects.get(pk=full_resync_analysis(viewer))
     cookie = session_cookie(viewer)
     port = free_port()
 

@@ -21,45 +21,22 @@ import sys
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 import websockets
-from django.utils import timezone
 
 from detection.consumers import MAX_RESYNC
-from detection.models import FrameScore
 from tests.conftest import ROOT
 from tests.factories import AnalysisFactory, CameraFactory, FrameScoreFactory, UserFactory
 from tests.processes import migrate_channels, start_daphne, stop
 from tests.streams import free_port, wait_for_port
 from tests.test_live_faults import NodePage, node_websocket_ok
-from tests.test_live_load import cpu_seconds, rss_kib, session_cookie, tail
+from tests.test_live_load import cpu_seconds, full_resync_analysis, rss_kib, session_cookie, tail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tiny_settings")]
 
 REQUESTS = 2_000
 GROWTH_LIMIT_MIB = 50
 RESYNC = json.dumps({"type": "resync", "after": -1})
-
-
-def full_resync_analysis(viewer) -> int:
-    """An analysis whose every resync from the start is the largest reply: MAX_RESYNC scores."""
-    analysis = AnalysisFactory(camera=CameraFactory(viewers=[viewer]))
-    rng = np.random.default_rng(0)
-    now = timezone.now()
-    FrameScore.objects.bulk_create(
-        FrameScore(
-            analysis=analysis,
-            frame_index=1_000_000 + i,
-            time_s=float(rng.uniform(0, 1e6)),
-            captured_at=now,
-            score=float(rng.random()),
-            normal_similarity=float(rng.random()),
-            anomaly_similarity=float(rng.random()),
-        )
-        for i in range(MAX_RESYNC + 1)
-    )
-    return analysis.pk
 
 
 async def until_idle(pid: int, limit_s: float = 90.0) -> None:
