@@ -20,10 +20,13 @@ except ImproperlyConfigured as error:
 from channels.auth import AuthMiddlewareStack
 from channels.generic.websocket import WebsocketConsumer
 from channels.routing import ProtocolTypeRouter, URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import re_path
 
 from detection.routing import websocket_urlpatterns as detection_routes
+from portal import daphne_bodies
+from portal.origins import OriginValidator
+
+daphne_bodies.install()  # request bodies of any size cost daphne bounded memory
 
 
 class UnknownPathConsumer(WebsocketConsumer):
@@ -46,8 +49,7 @@ websocket_urlpatterns = [
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # Django's CSRF origin rule (scheme, host and port), then the session's user.
+        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
