@@ -30,7 +30,7 @@ run: install
 	$(BIN)/python manage.py run_portal 127.0.0.1:8000
 
 # The prototype's loop, analyze_video and the worker side by side on shared/data/vtest.avi,
-# plus the ceiling and the live capacity (detection/bench.py); random weights, same compute.
+# plus the ceiling and the live capacity (bench/benchmark.py); random weights, same compute.
 # About 2.5 minutes on 2 cores. BENCH_ARGS for more: a video, --json out.json, --cameras ...
 BENCH_ARGS ?=
 bench: install

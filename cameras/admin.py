@@ -1,5 +1,8 @@
 """Camera admin: where operators register sources and share them with viewers.
 
+`ScopedToVisibleCameras` is here because it applies the cameras app's access rule; the
+detection admin uses it too.
+
 Source validation lives in `Camera.clean()`; the admin's ModelForm runs `full_clean()`, so a
 bad URL, path or device index comes back as an error on the `source` field.
 """
@@ -11,34 +14,11 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
-from django.utils.html import format_html
 
-from detection.models import Analysis
+from portal.admin import ChangedFieldsOnly
 
 from .access import visible_cameras
 from .models import Camera
-
-
-class ChangedFieldsOnly(admin.ModelAdmin):
-    """On a change form, write only the fields the operator changed.
-
-    The worker updates these rows while operators edit them (camera status and reconnects,
-    analysis status, lease and counters, incident peaks). Saving the whole row would write
-    back what the admin read a moment earlier: on PostgreSQL (read committed) a worker
-    commit landing between the admin's read and its write would be undone, e.g. a
-    completed analysis reverting to running.
-    """
-
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        if not change:
-            super().save_model(request, obj, form, change)
-            return
-        columns = {f.name for f in obj._meta.concrete_fields}
-        fields = [name for name in form.changed_data if name in columns]
-        if fields:  # many-to-many fields are saved by save_related()
-            auto_now = [f.name for f in obj._meta.concrete_fields if getattr(f, "auto_now", False)]
-            obj.save(update_fields=[*fields, *auto_now])
 
 
 class ScopedToVisibleCameras(admin.ModelAdmin):
@@ -73,32 +53,6 @@ class ScopedToVisibleCameras(admin.ModelAdmin):
 admin.site.site_header = "clipwatch administration"
 admin.site.site_title = "clipwatch administration"
 admin.site.index_title = "Cameras, analyses and incidents"
-
-
-class AnalysisInline(admin.TabularInline):
-    """The camera's analyses at a glance; they are created and run from their own admin.
-
-    Adding here is off on purpose: prompts are required and do not fit a table row, and
-    deleting here would drop every stored score without the confirmation page.
-    """
-
-    model = Analysis
-    fields = ("name", "status", "threshold", "sampling_fps", "admin_link")
-    readonly_fields = ("status", "admin_link")
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    ordering = ("-created_at", "-id")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.display(description="Analysis")
-    def admin_link(self, obj: Analysis) -> str:
-        if obj.pk is None:
-            return "-"
-        url = reverse("admin:detection_analysis_change", args=[obj.pk])
-        return format_html('<a href="{}">Open analysis #{}</a>', url, obj.pk)
 
 
 # What the worker and Django record about a camera: shown, never edited.
@@ -139,7 +93,7 @@ class CameraAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
             },
         ),
     )
-    inlines = (AnalysisInline,)
+    # The analyses inline is attached from detection/admin.py: cameras knows nothing of them.
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Camera]:
         return super().get_queryset(request).annotate(_analysis_count=Count("analyses"))

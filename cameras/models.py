@@ -6,7 +6,6 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.utils import timezone
 
 from . import validators
 
@@ -86,10 +85,3 @@ class Camera(models.Model):
     @property
     def is_live(self) -> bool:
         return self.kind != self.Kind.FILE
-
-    def set_status(self, status: str, error: str = "") -> None:
-        """Record a status change (the worker's call); saves only the status fields."""
-        self.status = status
-        self.last_error = error
-        self.status_changed_at = timezone.now()
-        self.save(update_fields=["status", "last_error", "status_changed_at", "updated_at"])

@@ -18,10 +18,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from detection.engine import netpolicy
+from detection.engine import netpolicy, sources
 from detection.engine.netpolicy import STREAM_SCHEMES as STREAM_SCHEMES  # one definition
-
-from . import sources
 
 MAX_WEBCAM_INDEX = 63
 _WEBCAM_INDEX = re.compile(r"-?[0-9]+")  # ASCII only: "²".isdigit() is True, int("²") fails

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from .live import incident_message
+from .live.messages import incident_message, status_message
 from .models import Analysis, FrameScore, Incident
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Acknowledgement:
 
 
 def _publish_after_commit(analysis_id: int, kind: str, payload: dict[str, Any]) -> None:
-    from .live import ChannelPublisher
+    from .live.publisher import ChannelPublisher
 
     transaction.on_commit(lambda: ChannelPublisher().publish(analysis_id, kind, payload))
 
@@ -87,8 +87,8 @@ def _publish_statuses(ids: Iterable[int], extra: dict[str, Any] | None = None) -
     for pk, status, progress, error in Analysis.objects.filter(pk__in=list(ids)).values_list(
         "pk", "status", "progress", "error_message"
     ):
-        payload = {"status": status, "progress": progress, "error_message": error}
-        _publish_after_commit(pk, "status", {**payload, **(extra or {})})
+        message = status_message(status, progress=progress, error_message=error, **(extra or {}))
+        _publish_after_commit(pk, "status", message)
 
 
 def count(n: int, singular: str = "analysis", plural: str = "analyses") -> str:

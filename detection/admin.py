@@ -19,9 +19,11 @@ from django.db import models
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import format_html
 
-from cameras.admin import ChangedFieldsOnly, ScopedToVisibleCameras
+from cameras.admin import CameraAdmin, ScopedToVisibleCameras
+from portal.admin import ChangedFieldsOnly
 
 from . import actions
 from .actions import count as _count
@@ -59,6 +61,37 @@ SUMMARY_FIELDS = (
     "created_at",
     "updated_at",
 )
+
+
+class AnalysisInline(admin.TabularInline):
+    """The camera's analyses at a glance; they are created and run from their own admin.
+
+    Adding here is off on purpose: prompts are required and do not fit a table row, and
+    deleting here would drop every stored score without the confirmation page.
+    """
+
+    model = Analysis
+    fields = ("name", "status", "threshold", "sampling_fps", "admin_link")
+    readonly_fields = ("status", "admin_link")
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("-created_at", "-id")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Analysis")
+    def admin_link(self, obj: Analysis) -> str:
+        if obj.pk is None:
+            return "-"
+        url = reverse("admin:detection_analysis_change", args=[obj.pk])
+        return format_html('<a href="{}">Open analysis #{}</a>', url, obj.pk)
+
+
+# Attached from here so that the cameras app never imports detection (dependencies run
+# portal -> detection -> cameras -> detection.engine).
+CameraAdmin.inlines = (*CameraAdmin.inlines, AnalysisInline)
 
 
 @admin.register(Analysis)

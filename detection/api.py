@@ -23,7 +23,13 @@ from typing import Any
 
 import cv2
 
-from cameras.sources import LiveSource, SourceError, SourceStatus, StreamSource, WebcamSource
+from detection.engine.sources import (
+    LiveSource,
+    SourceError,
+    SourceStatus,
+    StreamSource,
+    WebcamSource,
+)
 
 from .engine import (
     PROTOTYPE_LOGIT_SCALE,
@@ -42,7 +48,8 @@ from .engine import (
 from .engine.images import ImageInput
 from .engine.pipeline import Stopwatch, run_metadata
 from .engine.prompts import Prompts, normalize_prompts
-from .engine.video import DEFAULT_BLACK_LEVEL
+from .engine.schedule import Ticker
+from .engine.video import DEFAULT_BLACK_LEVEL, is_black
 
 __all__ = [
     "PROTOTYPE_LOGIT_SCALE",
@@ -232,6 +239,28 @@ def analyze_video(
     return {"status": "Success", "error_message": None, "data": data, "metadata": metadata}
 
 
+def _check_stream_limits(
+    window_size: int, max_frames: int | None, duration_s: float | None
+) -> None:
+    for name, value in (("window size", window_size), ("max_frames", max_frames)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise EngineError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if duration_s is not None and not (
+        isinstance(duration_s, (int, float)) and math.isfinite(duration_s) and duration_s > 0
+    ):
+        raise EngineError(f"duration must be a positive number of seconds, got {duration_s!r}")
+
+
+def _live_source(source: object) -> LiveSource:
+    if isinstance(source, int) and not isinstance(source, bool):
+        return WebcamSource(source)
+    if isinstance(source, str):
+        return StreamSource(source)
+    raise SourceError(f"a source is a LiveSource, a stream URL or a webcam index, not {source!r}")
+
+
 def analyze_stream(
     source: LiveSource | str | int,
     prompt_normal: Prompts,
@@ -249,7 +278,7 @@ def analyze_stream(
 ) -> Iterator[dict[str, Any]]:
     """Score a live source's newest frame every 1 / `sampling_rate_fps` s; yield each score.
 
-    `source`: a `cameras.sources.LiveSource` (started here if it is not yet), a stream URL
+    `source`: a `detection.engine.sources.LiveSource` (started here if it is not yet), a stream URL
     (rtsp/rtsps/http/https) or a webcam device index. Each item holds `time_s` (seconds since
     the source started), `frame_index`, `captured_at` (ISO 8601, UTC), `score`, `normal`,
     `anomaly`, `label`, `window` (the last `window_size` scores, oldest first), `status`
@@ -267,35 +296,14 @@ def analyze_stream(
         try:
             threshold = _check_threshold(threshold)
             rate = validate_sampling_fps(sampling_rate_fps)
-            for name, value in (("window size", window_size), ("max_frames", max_frames)):
-                if value is not None and (
-                    isinstance(value, bool) or not isinstance(value, int) or value < 1
-                ):
-                    raise EngineError(f"{name} must be a whole number of at least 1, got {value!r}")
-            if duration_s is not None and not (
-                isinstance(duration_s, (int, float))
-                and math.isfinite(duration_s)
-                and duration_s > 0
-            ):
-                raise EngineError(
-                    f"duration must be a positive number of seconds, got {duration_s!r}"
-                )
+            _check_stream_limits(window_size, max_frames, duration_s)
             # Prompts are checked before the (slow) model load, so bad input fails fast.
             normalize_prompts(prompt_normal, "normal")
             normalize_prompts(prompt_anomaly, "anomaly")
-            if live is None:
-                if isinstance(source, int) and not isinstance(source, bool):
-                    live = WebcamSource(source)
-                elif isinstance(source, str):
-                    live = StreamSource(source)
-                else:
-                    raise SourceError(
-                        f"a source is a LiveSource, a stream URL or a webcam index, not {source!r}"
-                    )
+            live = live or _live_source(source)
             default_spec, _, default_scale = _configured()
-            loaded = load_model(spec or default_spec)
             scorer = Scorer(
-                loaded,
+                load_model(spec or default_spec),
                 prompt_normal,
                 prompt_anomaly,
                 logit_scale if logit_scale is not None else default_scale,
@@ -306,18 +314,18 @@ def analyze_stream(
 
         if not live.started:
             live.start()
-        interval = 1.0 / rate
         start = time.monotonic()
         deadline = start + duration_s if duration_s is not None else math.inf
-        next_due = start
+        # The worker's schedule: the newest frame at each tick, never a burst to catch up.
+        ticker = Ticker(1.0 / rate, start)
         window: deque[float] = deque(maxlen=window_size)
         scored = skipped = 0
         while max_frames is None or scored < max_frames:
             now = time.monotonic()
             if now >= deadline:
                 return
-            if next_due > now:
-                time.sleep(min(next_due, deadline) - now)
+            if not ticker.due(now):
+                time.sleep(min(ticker.next_due, deadline) - now)
                 continue
             frame = live.latest(timeout=min(0.5, deadline - now))
             if frame is None:
@@ -329,10 +337,8 @@ def analyze_stream(
                         )
                     return
                 continue
-            # The next tick stays on the schedule, but a slow scorer never builds a debt of
-            # ticks to catch up on in a burst.
-            next_due = max(next_due + interval, time.monotonic())
-            if skip_black_frames and float(frame.image.mean()) < black_level:
+            ticker.advance(time.monotonic())
+            if skip_black_frames and is_black(frame.image, black_level):
                 skipped += 1
                 continue
             try:
@@ -361,7 +367,7 @@ def analyze_stream(
                 "source_status": live.status.value,
                 "reconnects": live.reconnects,
                 "black_frames_skipped": skipped,
-                "random_weights": loaded.random_weights,
+                "random_weights": scorer.loaded.random_weights,
             }
     finally:
         if live is not None:

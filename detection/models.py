@@ -14,6 +14,7 @@ from django.urls import reverse
 from cameras.models import Camera
 
 from . import validators
+from .engine.limits import split_prompts
 
 
 class Analysis(models.Model):
@@ -135,8 +136,7 @@ class Analysis(models.Model):
         return reverse("detection:analysis", args=[self.pk])
 
     def prompt_list(self, which: str) -> list[str]:
-        text = self.normal_prompts if which == "normal" else self.anomaly_prompts
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return split_prompts(self.normal_prompts if which == "normal" else self.anomaly_prompts)
 
     @property
     def is_anomalous(self) -> bool | None:

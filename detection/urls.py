@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import exports, uploads, views
+from .web import exports, uploads, views
 
 app_name = "detection"
 
@@ -15,9 +15,7 @@ urlpatterns = [
     path("analyses/<int:pk>/stop/", views.stop_analysis, name="stop"),
     path("analyses/<int:pk>/rerun/", views.rerun_analysis, name="rerun"),
     path("incidents/<int:pk>/acknowledge/", views.acknowledge, name="acknowledge"),
-    path(
-        "incidents/<int:pk>/thumbnail.jpg", views.incident_thumbnail, name="incident_thumbnail"
-    ),
+    path("incidents/<int:pk>/thumbnail.jpg", views.incident_thumbnail, name="incident_thumbnail"),
     path("upload/", uploads.upload_video, name="upload"),
     path("image/", uploads.analyze_image_page, name="image"),
 ]

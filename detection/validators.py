@@ -6,28 +6,27 @@ import math
 
 from django.core.exceptions import ValidationError
 
-from .engine.limits import MAX_PROMPTS_PER_CLASS, MAX_SAMPLING_FPS
-
-MAX_PROMPT_CHARS = 1000  # one prompt; CLIP reads ~77 tokens, far fewer characters
+from .engine.limits import MAX_SAMPLING_FPS, prompt_problem, split_prompts
 
 
 def prompt_lines(value: str) -> None:
-    lines = [line.strip() for line in (value or "").splitlines() if line.strip()]
-    if not lines:
+    """The engine's prompt rule (engine/limits.py), as form and model errors."""
+    problem = prompt_problem(split_prompts(value))
+    if problem is None:
+        return
+    if problem.code == "blank":
         raise ValidationError("Write at least one prompt (one per line).", code="blank")
-    if len(lines) > MAX_PROMPTS_PER_CLASS:
+    if problem.code == "too_many":
         raise ValidationError(
             "At most %(max)s prompts per class (%(n)s given).",
             code="too_many",
-            params={"max": MAX_PROMPTS_PER_CLASS, "n": len(lines)},
+            params={"max": problem.limit, "n": problem.found},
         )
-    for line in lines:
-        if len(line) > MAX_PROMPT_CHARS:
-            raise ValidationError(
-                "A prompt is %(n)s characters long; keep each under %(max)s.",
-                code="too_long",
-                params={"n": len(line), "max": MAX_PROMPT_CHARS},
-            )
+    raise ValidationError(
+        "A prompt is %(n)s characters long; keep each under %(max)s.",
+        code="too_long",
+        params={"n": problem.found, "max": problem.limit},
+    )
 
 
 def open_unit_interval(value: float) -> None:
@@ -49,7 +48,7 @@ def sampling_fps(value: float) -> None:
 
 
 def webhook_url(value: str) -> None:
-    """`Analysis.webhook_url`: the rule every delivery follows (detection.webhooks), when saved.
+    """`Analysis.webhook_url`: when saved, the rule every delivery follows (worker/webhooks.py).
 
     Unlike a camera, a receiver whose name does not resolve is refused: there is nothing to
     check it against, and nobody would notice deliveries failing later.
@@ -57,7 +56,7 @@ def webhook_url(value: str) -> None:
     if not value:
         return
     from .engine.netpolicy import AddressError
-    from .webhooks import check_url
+    from .worker.webhooks import check_url
 
     try:
         check_url(value)

@@ -22,7 +22,7 @@ from channels.generic.websocket import WebsocketConsumer
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls import re_path
 
-from detection.routing import websocket_urlpatterns as detection_routes
+from detection.live.routing import websocket_urlpatterns as detection_routes
 from portal import daphne_bodies
 from portal.origins import OriginValidator
 

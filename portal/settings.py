@@ -160,7 +160,7 @@ elif _default_db["ENGINE"] == "django.db.backends.postgresql":
     # A server that vanishes without closing its connections (failover, lost network)
     # would hold a worker in a read for the kernel's TCP timeouts (minutes to hours):
     # keepalives notice a dead peer within about a minute and connecting gives up after
-    # 10 s; the worker then reconnects with backoff (detection/worker.py). A restart
+    # 10 s; the worker then reconnects with backoff (detection/worker/loop.py). A restart
     # closes connections properly and is noticed at once.
     _default_db["OPTIONS"] = {
         "connect_timeout": 10,
@@ -186,7 +186,7 @@ if CHANNELS_LAYER == "auto":
     CHANNELS_LAYER = "redis" if REDIS_URL else "sqlite"
 # Messages a web server process may have waiting before new ones to it are dropped. A page
 # that falls behind loses messages rather than stalling the worker: it notices the gap and
-# resyncs from the database (see detection/consumers.py).
+# resyncs from the database (see detection/live/consumers.py).
 # In both layers every socket of one server process shares one queue ("specific.*"), so
 # the capacity must hold a burst to every viewer: one score to 200 viewers is 200 messages.
 CHANNELS_CAPACITY = get_int("CHANNELS_CAPACITY", 20_000, min=1)
@@ -336,8 +336,6 @@ DETECTION_CACHE_DIR: Path | None = Path(_cache_dir).expanduser().resolve() if _c
 LOG_LEVEL = get_str(
     "DJANGO_LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 )
-# Logs go to stderr: stdout belongs to command output (`analyze_video --json`), and
-# process managers and containers collect both streams alike.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

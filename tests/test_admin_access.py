@@ -78,7 +78,7 @@ def test_it_hides_the_change_form_and_credentials_of_a_camera_not_shared(world):
     for hidden in (world["hidden"], world["analyses"][1], world["incidents"][1]):
         response = client.get(change_url(hidden), follow=True)
         page = response.content.decode()
-        assert "doesn’t exist" in page, f"{hidden!r} was shown"  # as for a missing object
+        assert "exist. Perhaps it was deleted?" in page, f"{hidden!r} was shown"  # as if missing
         assert "secret-b" not in page
 
 

@@ -1,4 +1,4 @@
-"""The benchmark (detection/bench.py, `manage.py bench`) on a tiny clip with the tiny model.
+"""The benchmark (bench/benchmark.py, `manage.py bench`) on a tiny clip with the tiny model.
 
 Only that every field is there and sane: timings are the benchmark's job, not the tests'.
 """
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from detection import bench
+from bench import benchmark as bench
 from tests.conftest import manage
 
 pytestmark = pytest.mark.usefixtures("tiny_settings")

@@ -11,8 +11,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.models import Session
 from django.test import Client
 
-from detection import consumers
-from detection.live import ChannelPublisher, group_name
+from detection.live import consumers
+from detection.live.publisher import ChannelPublisher, group_name
 from portal.asgi import application
 from tests.factories import AnalysisFactory, CameraFactory, FrameScoreFactory, UserFactory
 
@@ -143,7 +143,7 @@ async def test_it_closes_anonymous_sockets_before_joining(world):
 
 async def test_it_closes_sockets_of_users_without_access_and_logs_it(world, caplog):
     analysis_id = world["analysis"].pk
-    with caplog.at_level("WARNING", logger="detection.consumers"):
+    with caplog.at_level("WARNING", logger="detection.live.consumers"):
         ws, _ = await connect(analysis_id, world["stranger"])
         assert await closed_with(ws) == consumers.CLOSE_NOT_FOUND
     refusals = [r.getMessage() for r in caplog.records if "socket refused" in r.getMessage()]
@@ -249,7 +249,7 @@ async def test_it_logs_and_closes_when_the_re_check_fails_unexpectedly(world, mo
 
     monkeypatch.setattr(consumers, "stored_state", broken)
     analysis_id = world["analysis"].pk
-    with caplog.at_level("ERROR", logger="detection.consumers"):
+    with caplog.at_level("ERROR", logger="detection.live.consumers"):
         ws, _ = await connect(analysis_id, world["viewer"])
         await ws.receive_json_from(timeout=5)
         # 1011 (internal error): the page retries, as after any server failure.
@@ -286,7 +286,7 @@ async def test_it_answers_one_resync_at_a_time_and_coalesces_the_rest(world, mon
 async def test_it_closes_a_socket_that_floods_requests_and_logs_it(world, caplog):
     ws, _ = await connect(world["analysis"].pk, world["viewer"])
     await ws.receive_json_from(timeout=5)
-    with caplog.at_level("WARNING", logger="detection.consumers"):
+    with caplog.at_level("WARNING", logger="detection.live.consumers"):
         for _ in range(100):
             await ws.send_json_to({"type": "resync", "after": -1})
         replies = 0

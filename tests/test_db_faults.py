@@ -43,7 +43,7 @@ from django.db import OperationalError, connection
 from django.utils import timezone
 
 from detection.models import Analysis, Incident
-from detection.worker import Worker
+from detection.worker.loop import Worker
 from tests.conftest import TinyModel
 from tests.processes import start_daphne, stop
 from tests.streams import free_port, wait_for_port
@@ -316,8 +316,8 @@ def test_it_keeps_an_acknowledgement_made_while_the_incident_is_open(media, make
     import numpy as np
 
     from detection import actions
-    from detection.live import NullPublisher
-    from detection.recording import Recorder, ScoredItem
+    from detection.live.publisher import NullPublisher
+    from detection.worker.recording import Recorder, ScoredItem
 
     analysis = file_analysis(make_video("ack.avi"), incident_open_frames=1, smoothing_window=1)
     operator = User.objects.create(username="operator")
@@ -360,7 +360,7 @@ class _Locker:
 
 @pytest.mark.django_db(transaction=True)
 def test_it_keeps_scored_frames_through_a_locked_sqlite_database(media, make_video, caplog):
-    caplog.set_level(logging.INFO, logger="detection.worker")
+    caplog.set_level(logging.INFO, logger="detection.worker.loop")
     # Every frame anomalous: the incident opens on the third frame, in the batch that
     # fails first. Fed twice, the tracker would never report it opening.
     analysis = file_analysis(
@@ -401,7 +401,7 @@ def test_it_keeps_scored_frames_through_a_locked_sqlite_database(media, make_vid
 
 @pytest.mark.django_db(transaction=True)
 def test_it_stops_without_a_traceback_while_the_database_is_locked(media, make_video, caplog):
-    caplog.set_level(logging.INFO, logger="detection.worker")
+    caplog.set_level(logging.INFO, logger="detection.worker.loop")
     analysis = file_analysis(make_video("stopping.avi", frames=60, fps=10.0))
     w = Worker(publisher=RecordingPublisher(), poll_seconds=0.05, once=True, batch_size=2)
     w.claim_step()

@@ -14,8 +14,8 @@ from django.http import StreamingHttpResponse
 from django.test import AsyncRequestFactory, RequestFactory
 from django.urls import reverse
 
-from detection import exports
 from detection.models import FrameScore
+from detection.web import exports
 from tests.factories import AnalysisFactory, FrameScoreFactory, UserFactory
 
 HEADER = [

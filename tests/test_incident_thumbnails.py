@@ -15,9 +15,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from detection.live import incident_message
+from detection.live.messages import incident_message
 from detection.models import Incident
-from detection.worker import Worker
+from detection.worker.loop import Worker
 from tests.factories import AnalysisFactory, CameraFactory, IncidentFactory, UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("tiny_settings")]

@@ -48,9 +48,9 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from detection import consumers
-from detection.consumers import CLOSE_UNAVAILABLE
-from detection.live import ChannelPublisher, group_name
+from detection.live import consumers
+from detection.live.consumers import CLOSE_UNAVAILABLE
+from detection.live.publisher import ChannelPublisher, group_name
 from detection.models import Analysis, FrameScore
 from portal.asgi import application
 from tests.conftest import ROOT
@@ -732,7 +732,7 @@ def test_it_bounds_publishing_to_a_hung_redis_then_drops_until_a_retry(settings,
             }
         }
         publisher = ChannelPublisher()
-        with caplog.at_level("WARNING", logger="detection.live"):
+        with caplog.at_level("WARNING", logger="detection.live.publisher"):
             started = time.monotonic()
             publisher.publish(1, "score", {"frame_index": 0})
             first = time.monotonic() - started
@@ -803,7 +803,7 @@ def test_it_says_when_publishing_resumes_and_what_was_dropped(monkeypatch, caplo
         await send(self, layer, group, message)
 
     monkeypatch.setattr(ChannelPublisher, "_send", flaky)
-    with caplog.at_level("WARNING", logger="detection.live"):
+    with caplog.at_level("WARNING", logger="detection.live.publisher"):
         for i in range(3):
             publisher.publish(1, "score", {"frame_index": i})  # 1 failure, 2 dropped
         time.sleep(0.06)
@@ -859,7 +859,7 @@ async def test_it_closes_for_a_retry_when_the_layer_fails_under_the_socket(
 
     monkeypatch.setattr(InMemoryChannelLayer, "receive", receive_until_redis_dies)
     ws = await open_socket(*watched)
-    with caplog.at_level("WARNING", logger="detection.consumers"):
+    with caplog.at_level("WARNING", logger="detection.live.consumers"):
         failing.set()
         closed = await ws.receive_output(timeout=5)
     # A close the page retries (not 1011 after a traceback from daphne, not 4403/4404).

@@ -42,7 +42,7 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.test import Client
 
-from detection.consumers import MAX_RESYNC
+from detection.live.consumers import MAX_RESYNC
 from detection.models import Analysis, FrameScore
 from tests.conftest import ROOT, manage
 from tests.factories import AnalysisFactory, CameraFactory, GroupFactory, UserFactory

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from cameras.models import Camera
 from detection.frames import latest_frame_path
-from detection.live import group_name
+from detection.live.publisher import group_name
 from detection.models import Analysis, FrameScore, Incident
 from tests.factories import (
     AnalysisFactory,

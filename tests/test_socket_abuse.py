@@ -4,7 +4,7 @@ the page's own script (static/js/live.js) still in step under the request limits
 ASGI has no back-pressure: daphne buffers whatever the application sends to a socket whose
 client does not read (Twisted's write buffer grows without limit), until its ping timeout
 (`--ping-interval` 20 s + `--ping-timeout` 30 s by default) drops the connection. Before
-the rate limit in detection/consumers.py, 2,000 resync requests answered with 3,000 scores
+the rate limit in detection/live/consumers.py, 2,000 resync requests answered with 3,000 scores
 each grew daphne from 126 MB to 827 MB. The bound asserted here, 50 MiB of growth, is the
 consumer's worst case for one socket (its snapshot budget, 4 MiB, plus what the budget's
 refill allows over daphne's 50-s ping horizon, ~3 MiB, plus one reply and its transient
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import pytest
 import websockets
 
-from detection.consumers import MAX_RESYNC
+from detection.live.consumers import MAX_RESYNC
 from tests.conftest import ROOT
 from tests.factories import AnalysisFactory, CameraFactory, FrameScoreFactory, UserFactory
 from tests.processes import migrate_channels, start_daphne, stop
@@ -128,7 +128,7 @@ def test_it_keeps_daphne_memory_bounded_when_a_socket_floods_resyncs_without_rea
 # four times, store five scores and publish only the last, so the page sees a gap each time.
 PUBLISH_WITH_GAPS = """
 import time
-from detection.live import ChannelPublisher
+from detection.live.publisher import ChannelPublisher
 from detection.models import FrameScore
 publisher = ChannelPublisher()
 for end in (75, 80, 85, 90):

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from cameras.sources import (
+from detection.api import analyze_stream, compute_anomaly_scores
+from detection.engine.sources import (
     Backoff,
     LiveSource,
     PacedFileSource,
@@ -22,7 +23,6 @@ from cameras.sources import (
     open_source,
     redact,
 )
-from detection.api import analyze_stream, compute_anomaly_scores
 from tests.streams import MJPEGServer, StalledServer, free_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -312,8 +312,8 @@ def test_it_applies_the_admins_stream_url_rule_in_the_worker(url, accepted):
 
 
 def test_it_defines_the_stream_schemes_once():
-    from cameras import sources, validators
-    from detection.engine import netpolicy
+    from cameras import validators
+    from detection.engine import netpolicy, sources
 
     assert sources.STREAM_SCHEMES is validators.STREAM_SCHEMES is netpolicy.STREAM_SCHEMES
 

@@ -18,7 +18,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from detection.webhooks import deliver
+from detection.worker.webhooks import deliver
 
 LOOPBACK = [ip_network("127.0.0.0/8"), ip_network("::1/128")]
 EVENT = {"event": "incident.opened", "incident": {"id": 7}}
@@ -113,7 +113,8 @@ def loopback_allowed(settings):
 
 
 def webhook_log(caplog) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "detection.webhooks")
+    records = caplog.records
+    return "\n".join(r.getMessage() for r in records if r.name == "detection.worker.webhooks")
 
 
 @pytest.mark.usefixtures("loopback_allowed")

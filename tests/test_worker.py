@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from detection.api import analyze_video
 from detection.models import Analysis, FrameScore, Incident
-from detection.worker import Worker
+from detection.worker.loop import Worker
 from tests.conftest import ROOT, manage
 from tests.factories import AnalysisFactory, CameraFactory
 
@@ -381,7 +381,7 @@ def test_it_posts_incident_webhooks_without_blocking(media, make_video):
 
 
 def test_it_gives_up_on_an_unreachable_webhook_after_retries(caplog):
-    from detection.webhooks import deliver
+    from detection.worker.webhooks import deliver
 
     started = time.monotonic()
     assert deliver("http://127.0.0.1:9/nothing", {"x": 1}, retries=3, backoff_s=0.01) is False
@@ -392,7 +392,7 @@ def test_it_gives_up_on_an_unreachable_webhook_after_retries(caplog):
 @pytest.mark.django_db
 def test_it_exits_at_once_on_a_second_signal(monkeypatch):
     exits = []
-    monkeypatch.setattr("detection.worker.os._exit", exits.append)
+    monkeypatch.setattr("detection.worker.loop.os._exit", exits.append)
     w, _ = worker()
     w._on_signal(signal.SIGTERM, None)
     assert w.stopping and exits == []

@@ -8,11 +8,10 @@ import time
 import pytest
 from django.utils import timezone
 
-from cameras import sources
 from cameras.models import Camera
-from cameras.sources import Backoff, PacedFileSource
+from detection.engine.sources import Backoff, PacedFileSource
 from detection.models import Analysis
-from detection.worker import Worker
+from detection.worker.loop import Worker
 from tests.factories import AnalysisFactory, CameraFactory
 from tests.streams import MJPEGServer
 
@@ -84,7 +83,7 @@ def test_it_scores_a_stream_and_follows_it_through_an_outage():
     assert indices == list(range(len(indices)))  # no index reused across the outage
 
 
-def test_it_scores_a_simulated_webcam_without_a_backlog(make_video, monkeypatch, settings):
+def test_it_scores_a_simulated_webcam_without_a_backlog(make_video, settings):
     """A webcam cannot be plugged in here: a video file paced in real time stands in."""
     clip = make_video("webcam.avi", frames=100, fps=25.0)
     opened = []
@@ -94,12 +93,16 @@ def test_it_scores_a_simulated_webcam_without_a_backlog(make_video, monkeypatch,
         opened.append(PacedFileSource(clip, loop=True, **options))
         return opened[-1]
 
-    monkeypatch.setattr(sources, "open_source", fake_open_source)
     camera = CameraFactory(kind="webcam", source="0")
     analysis = AnalysisFactory(
         camera=camera, status="queued", sampling_fps=4.0, motion_gating=False
     )
-    worker = Worker(publisher=NullPublisher(), poll_seconds=0.1, source_options=FAST)
+    worker = Worker(
+        publisher=NullPublisher(),
+        poll_seconds=0.1,
+        source_options=FAST,
+        open_source=fake_open_source,
+    )
     try:
         run_until(worker, lambda: analysis.scores.count() >= 6)
     finally:
@@ -114,7 +117,7 @@ def test_it_scores_a_simulated_webcam_without_a_backlog(make_video, monkeypatch,
     assert Analysis.objects.get(pk=analysis.pk).status == "queued"
 
 
-def test_it_skips_still_frames_with_motion_gating(make_video, monkeypatch):
+def test_it_skips_still_frames_with_motion_gating(make_video):
     import numpy as np
 
     from tests.conftest import scene
@@ -128,9 +131,6 @@ def test_it_skips_still_frames_with_motion_gating(make_video, monkeypatch):
     for _ in range(50):
         writer.write(frame)
     writer.release()
-    monkeypatch.setattr(
-        sources, "open_source", lambda kind, source, **o: PacedFileSource(still, loop=True, **o)
-    )
     camera = CameraFactory(kind="webcam", source="0")
     analysis = AnalysisFactory(
         camera=camera,
@@ -139,7 +139,12 @@ def test_it_skips_still_frames_with_motion_gating(make_video, monkeypatch):
         motion_gating=True,
         rescore_interval_s=1.0,
     )
-    worker = Worker(publisher=NullPublisher(), poll_seconds=0.1, source_options=FAST)
+    worker = Worker(
+        publisher=NullPublisher(),
+        poll_seconds=0.1,
+        source_options=FAST,
+        open_source=lambda kind, source, **o: PacedFileSource(still, loop=True, **o),
+    )
     try:
         started = time.monotonic()
         run_until(worker, lambda: time.monotonic() - started > 2.5, timeout=10)

@@ -1,7 +1,7 @@
 """Choosing a device and a numeric precision.
 
 `auto` precision casts the whole model (not autocast, which was slower on the development
-CPU; see DESIGN.md) to fp16 on CUDA, and to bf16 on a CPU that both advertises bf16 support
+CPU; docs/performance.md) to fp16 on CUDA, and to bf16 on a CPU that both advertises bf16 support
 and really runs a bf16 matmul faster than fp32 (a quick probe, once per process). Everything
 else runs in fp32.
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from .errors import PromptError
-from .limits import MAX_PROMPTS_PER_CLASS
+from .limits import prompt_problem, split_prompts
 from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -26,17 +26,20 @@ def normalize_prompts(prompts: Prompts | None, label: str) -> tuple[str, ...]:
     """Turn a string (one prompt per line) or a list into a tuple of stripped prompts."""
     if prompts is None:
         raise PromptError(f"{label} prompt is missing")
-    items = prompts.splitlines() if isinstance(prompts, str) else list(prompts)
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
     if not all(isinstance(p, str) for p in items):
         raise PromptError(f"{label} prompts must be text")
-    cleaned = tuple(p.strip() for p in items if p.strip())
-    if not cleaned:
+    cleaned = tuple(p for item in items for p in split_prompts(item))
+    problem = prompt_problem(cleaned)
+    if problem is None:
+        return cleaned
+    if problem.code == "blank":
         raise PromptError(f"{label} prompt is empty: describe what a {label} frame shows")
-    if len(cleaned) > MAX_PROMPTS_PER_CLASS:
-        raise PromptError(
-            f"too many {label} prompts ({len(cleaned)}; at most {MAX_PROMPTS_PER_CLASS})"
-        )
-    return cleaned
+    if problem.code == "too_many":
+        raise PromptError(f"too many {label} prompts ({problem.found}; at most {problem.limit})")
+    raise PromptError(
+        f"a {label} prompt is {problem.found} characters long; keep each under {problem.limit}"
+    )
 
 
 def class_embedding(loaded: LoadedModel, prompts: tuple[str, ...]) -> torch.Tensor:

@@ -83,6 +83,11 @@ def mean_intensity(image: np.ndarray) -> float:
     return sum(cv2.mean(image)[:channels]) / channels
 
 
+def is_black(image: np.ndarray, level: float = DEFAULT_BLACK_LEVEL) -> bool:
+    """A black (or nearly black) frame: a covered lens, a camera starting up, a fade."""
+    return mean_intensity(image) < level
+
+
 def validate_sampling_fps(sampling_fps: float) -> float:
     try:
         value = float(sampling_fps)
@@ -198,7 +203,7 @@ class VideoReader:
                     break
                 k += 1
                 next_index = max(index + 1, math.ceil(k * step - 1e-9))
-                if skip_black and mean_intensity(image) < black_level:
+                if skip_black and is_black(image, black_level):
                     stats.black_frames_skipped += 1
                 else:
                     stats.frames_sampled += 1

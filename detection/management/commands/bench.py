@@ -1,6 +1,6 @@
 """`manage.py bench [VIDEO]`: the prototype's loop, analyze_video and the worker side by side.
 
-See detection/bench.py. Runs against temporary SQLite databases and a temporary MEDIA_ROOT:
+See bench/benchmark.py. Runs against temporary SQLite databases and a temporary MEDIA_ROOT:
 the configured database and media are not touched.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.test import override_settings
 
-from detection import bench, conf
+from bench import benchmark as bench
+from detection import conf
 from detection.engine import EngineError
 
 from ._analyze import logs_to_stderr
@@ -84,7 +85,7 @@ class Command(BaseCommand):
 
         if options["verbosity"] < 2:
             # The worker logs every claim and completion; the benchmark reports them itself.
-            for name in ("detection.worker", "detection.engine.loader", "root"):
+            for name in ("detection.worker.loop", "detection.engine.loader", "root"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
         def log(message: str) -> None:

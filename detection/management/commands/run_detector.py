@@ -1,4 +1,4 @@
-"""`manage.py run_detector`: the detection worker (see detection/worker.py)."""
+"""`manage.py run_detector`: the detection worker (see detection/worker/loop.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from detection.engine import EngineError
 from detection.engine.device import resolve_device
-from detection.worker import Worker
+from detection.worker.loop import Worker
 
 
 class Command(BaseCommand):

@@ -20,8 +20,8 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 
-from .access import visible_analyses
-from .models import Analysis, FrameScore
+from detection.access import visible_analyses
+from detection.models import Analysis, FrameScore
 
 # Rows fetched from the database per round trip.
 CHUNK_SIZE = 2000

@@ -1,6 +1,6 @@
 """Live frame sources: webcams and network streams that never hang and never go stale.
 
-    source = open_source("stream", "rtsp://cam.local/live", on_status=save_status)
+    source = open_source("stream", "rtsp://cam.local/live")
     source.start()
     frame = source.latest(timeout=1.0)  # the newest frame not yet returned, or None
     source.stop()
@@ -11,7 +11,8 @@ Opens and reads have timeouts (OpenCV's FFmpeg backend honours CAP_PROP_OPEN_TIM
 and CAP_PROP_READ_TIMEOUT_MSEC); a failed open, a dropped or a stalled stream is reopened
 with capped exponential backoff and jitter, and reopen attempts are rate-limited so a
 flapping camera cannot spin the CPU. Status changes (`SourceStatus`, same values as
-`Camera.Status`) are reported through `on_status` for the worker to store.
+`Camera.Status`) are read from `status`, `last_error` and `reconnects`, which the worker
+polls and stores on the camera; `on_status` is an optional callback for scripts and tests.
 
 File cameras are not read here: the engine's `detection.engine.video.VideoReader` reads
 files sequentially without dropping a frame. `PacedFileSource` plays a file in real time as

@@ -8,9 +8,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 
+from cameras.access import visible_cameras
 from detection.models import Analysis
-
-from .access import visible_cameras
 
 
 def _admin_add_camera_url(user: object) -> str | None:

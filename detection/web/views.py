@@ -18,12 +18,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
-from . import actions
-from .access import visible_analyses, visible_incidents
-from .frames import latest_frame_path
-from .live import incident_message
-from .models import Analysis, FrameScore, Incident
-from .series import display_series
+from detection import actions
+from detection.access import visible_analyses, visible_incidents
+from detection.frames import latest_frame_path
+from detection.live.messages import incident_message
+from detection.models import Analysis, FrameScore, Incident
+from detection.web.series import display_series
 
 SCORES_PER_PAGE = 100
 # A live camera collects incidents for months; the page shows the newest, the admin all.

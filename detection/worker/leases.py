@@ -23,8 +23,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from cameras.models import Camera
-
-from .models import Analysis
+from detection.models import Analysis
 
 Status = Analysis.Status
 

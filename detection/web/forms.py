@@ -9,20 +9,17 @@ import numpy as np
 from django import forms
 from django.core.exceptions import ValidationError
 
-from . import validators
-from .engine import MediaError
-from .engine.images import load_image
-from .engine.video import VIDEO_EXTENSIONS
-from .storage import video_extension
+from detection import validators
+from detection.engine import MediaError
+from detection.engine.images import load_image
+from detection.engine.limits import split_prompts
+from detection.engine.video import VIDEO_EXTENSIONS
+from detection.web.storage import video_extension
 
 IMAGE_MAX_MB = 20
 PROMPT_HELP = "One prompt per line; several lines form an ensemble."
 # The field strips whitespace first, so blank text fails as "required": say it the same way.
 PROMPT_ERRORS = {"required": "Write at least one prompt (one per line)."}
-
-
-def prompt_list(text: str) -> list[str]:
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
 def _size_error(limit_mb: int, setting: str | None = None) -> ValidationError:
@@ -60,10 +57,10 @@ class PromptsForm(forms.Form):
 
     def clean_normal_prompts(self) -> str:
         # Stored one prompt per line, without the blank lines and stray spaces.
-        return "\n".join(prompt_list(self.cleaned_data["normal_prompts"]))
+        return "\n".join(split_prompts(self.cleaned_data["normal_prompts"]))
 
     def clean_anomaly_prompts(self) -> str:
-        return "\n".join(prompt_list(self.cleaned_data["anomaly_prompts"]))
+        return "\n".join(split_prompts(self.cleaned_data["anomaly_prompts"]))
 
 
 class VideoUploadForm(PromptsForm):

@@ -23,7 +23,7 @@ its rate (measured between captures).
 The engine parts need no Django; `worker_run` and `live_capacity` need a configured
 database (the management command makes a temporary one, tests use pytest-django's).
 
-`python -m detection.bench` is the Django-free throughput benchmark for a GPU (run by
+`python -m bench.benchmark` is the Django-free throughput benchmark for a GPU (run by
 scripts/gpu_bench.sh): the encoder alone at large batches, the engine's own path, and N
 decoder processes feeding large fp16 batches (`throughput_benchmark`). Results and what
 was tuned: docs/performance.md.
@@ -50,9 +50,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from .engine import ModelSpec, load_model
-from .engine.device import cpu_isa
-from .engine.loader import LoadedModel
+from detection.engine import ModelSpec, load_model
+from detection.engine.device import cpu_isa
+from detection.engine.loader import LoadedModel
 
 DEFAULT_VIDEO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "vtest.avi"
 NORMAL = "a quiet campus path with people walking"
@@ -264,7 +264,7 @@ def api_run(
     spec: ModelSpec | None = None,
     batch_size: int | None = None,
 ) -> Run:
-    from .api import analyze_video
+    from detection.api import analyze_video
 
     start = time.perf_counter()
     result = analyze_video(video, normal, anomaly, sampling_fps, spec=spec, batch_size=batch_size)
@@ -292,9 +292,8 @@ def worker_run(
     loaded in this process, as in a worker that has been serving for a while.
     """
     from cameras.models import Camera
-
-    from .models import Analysis
-    from .worker import Worker
+    from detection.models import Analysis
+    from detection.worker.loop import Worker
 
     camera = Camera.objects.create(name="bench file", kind=Camera.Kind.FILE, source=str(video))
     analysis = Analysis.objects.create(
@@ -390,87 +389,82 @@ def live_capacity(
     no counted frame was older than `max_age_s` when stored and the slowest camera was
     scored at >= 95 % of `sampling_fps` (`_slowest_rate`).
     """
-    from cameras import sources
     from cameras.models import Camera
-
-    from .live import ChannelPublisher
-    from .models import Analysis
-    from .worker import Worker
+    from detection.engine import sources
+    from detection.live.publisher import ChannelPublisher
+    from detection.models import Analysis
+    from detection.worker.loop import Worker
 
     results = []
-    real_open = sources.open_source
 
     def paced(kind: str, source: str | int, **options: Any) -> sources.LiveSource:
         return sources.PacedFileSource(clip, loop=True, **options)
 
-    sources.open_source = paced
-    try:
-        for n in counts:
-            cameras = [
-                Camera.objects.create(name=f"bench cam {i}", kind=Camera.Kind.WEBCAM, source=str(i))
-                for i in range(n)
-            ]
-            for camera in cameras:
-                Analysis.objects.create(
-                    camera=camera,
-                    name=f"bench live {camera.pk}",
-                    normal_prompts=normal,
-                    anomaly_prompts=anomaly,
-                    sampling_fps=sampling_fps,
-                    motion_gating=False,  # every due frame is scored: the worst case
-                    status=Analysis.Status.QUEUED,
-                )
-            publisher = AgePublisher(ChannelPublisher())
-            worker = Worker(
-                publisher=publisher,
-                batch_size=batch_size,
-                poll_seconds=0.5,
-                max_jobs=max(n, 16),
+    for n in counts:
+        cameras = [
+            Camera.objects.create(name=f"bench cam {i}", kind=Camera.Kind.WEBCAM, source=str(i))
+            for i in range(n)
+        ]
+        for camera in cameras:
+            Analysis.objects.create(
+                camera=camera,
+                name=f"bench live {camera.pk}",
+                normal_prompts=normal,
+                anomaly_prompts=anomaly,
+                sampling_fps=sampling_fps,
+                motion_gating=False,  # every due frame is scored: the worst case
+                status=Analysis.Status.QUEUED,
             )
-            started = time.time()
-            # Frames captured until the end of the window get `max_age_s` more to be stored.
-            timer = threading.Timer(
-                warmup_s + measure_s + max_age_s, lambda w=worker: setattr(w, "stopping", True)
-            )
-            timer.start()
-            try:
-                worker.run()
-            finally:
-                timer.cancel()
-                worker.stopping = True
-            window_start = started + warmup_s
-            window_end = started + warmup_s + measure_s
-            counted = [
-                (pk, captured, age)
-                for pk, captured, age in publisher.ages
-                if window_start <= captured < window_end
-            ]
-            ages = sorted(age for _, _, age in counted)
-            age_max = ages[-1] if ages else None
-            min_rate = _slowest_rate(
-                [a.pk for a in Analysis.objects.filter(camera__in=cameras)], counted
-            )
-            result = LiveResult(
-                cameras=n,
-                seconds=measure_s,
-                scored=len(counted),
-                min_rate=min_rate,
-                age_p50=_quantile(ages, 0.5),
-                age_p95=_quantile(ages, 0.95),
-                age_max=age_max,
-                held=age_max is not None
-                and age_max <= max_age_s
-                and min_rate >= MIN_RATE_FRACTION * sampling_fps,
-            )
-            for camera in cameras:
-                camera.delete()
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-            if stop_after_miss and not result.held:
-                break
-    finally:
-        sources.open_source = real_open
+        publisher = AgePublisher(ChannelPublisher())
+        worker = Worker(
+            publisher=publisher,
+            batch_size=batch_size,
+            poll_seconds=0.5,
+            max_jobs=max(n, 16),
+            open_source=paced,
+        )
+        started = time.time()
+        # Frames captured until the end of the window get `max_age_s` more to be stored.
+        timer = threading.Timer(
+            warmup_s + measure_s + max_age_s, lambda w=worker: setattr(w, "stopping", True)
+        )
+        timer.start()
+        try:
+            worker.run()
+        finally:
+            timer.cancel()
+            worker.stopping = True
+        window_start = started + warmup_s
+        window_end = started + warmup_s + measure_s
+        counted = [
+            (pk, captured, age)
+            for pk, captured, age in publisher.ages
+            if window_start <= captured < window_end
+        ]
+        ages = sorted(age for _, _, age in counted)
+        age_max = ages[-1] if ages else None
+        min_rate = _slowest_rate(
+            [a.pk for a in Analysis.objects.filter(camera__in=cameras)], counted
+        )
+        result = LiveResult(
+            cameras=n,
+            seconds=measure_s,
+            scored=len(counted),
+            min_rate=min_rate,
+            age_p50=_quantile(ages, 0.5),
+            age_p95=_quantile(ages, 0.95),
+            age_max=age_max,
+            held=age_max is not None
+            and age_max <= max_age_s
+            and min_rate >= MIN_RATE_FRACTION * sampling_fps,
+        )
+        for camera in cameras:
+            camera.delete()
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+        if stop_after_miss and not result.held:
+            break
     return results
 
 
@@ -522,7 +516,7 @@ def run_benchmark(
     log: Callable[[str], None] = lambda _: None,
 ) -> Report:
     """Everything above, interleaved; `spec` None: the configured model (Django settings)."""
-    from .api import _configured
+    from detection.api import _configured
 
     clock = time.perf_counter()
     default_spec, default_batch, _ = _configured()
@@ -682,8 +676,8 @@ class DecodedChunks(IterableDataset):
         self.preprocess, self.chunk, self.loops = preprocess, chunk, loops
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        from .engine import VideoReader
-        from .engine.preprocess import fit_frame
+        from detection.engine import VideoReader
+        from detection.engine.preprocess import fit_frame
 
         cv2.setNumThreads(1)  # one decoder per core: no nested thread pools
         frames: list[np.ndarray] = []
@@ -718,9 +712,9 @@ def pipeline_run(
     """
     from torch.utils.data import DataLoader
 
-    from .engine import Scorer
-    from .engine.preprocess import normalize
-    from .engine.scoring import encode_images
+    from detection.engine import Scorer
+    from detection.engine.preprocess import normalize
+    from detection.engine.scoring import encode_images
 
     scorer = Scorer(loaded, normal, anomaly)
     cuda = loaded.device.startswith("cuda")
@@ -754,7 +748,7 @@ def engine_run(
     loaded: LoadedModel, video: str | Path, sampling_fps: float, batch_size: int
 ) -> dict[str, Any]:
     """What `analyze_video` runs, without Django: one decoder thread, `score_video`."""
-    from .engine import Scorer, VideoReader, score_video
+    from detection.engine import Scorer, VideoReader, score_video
 
     scorer = Scorer(loaded, NORMAL, ANOMALY)
     start = time.perf_counter()
@@ -857,13 +851,13 @@ def throughput_benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m detection.bench`: the Django-free throughput benchmark (GPU path)."""
+    """`python -m bench.benchmark`: the Django-free throughput benchmark (GPU path)."""
     import argparse
     import logging
     import sys
 
     parser = argparse.ArgumentParser(
-        prog="python -m detection.bench",
+        prog="python -m bench.benchmark",
         description="Throughput of the engine on a device: encoder alone, the engine's own "
         "path, and N decoder processes feeding large batches. JSON on stdout.",
     )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from .consumers import AnalysisConsumer
+from detection.live.consumers import AnalysisConsumer
 
 websocket_urlpatterns = [
     path("ws/analyses/<int:pk>/", AnalysisConsumer.as_asgi()),

@@ -24,12 +24,13 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from . import webhooks
-from .engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
-from .engine.scoring import Box
-from .frames import latest_frame_path
-from .live import Publisher, incident_message
-from .models import Analysis, FrameScore, Incident
+from detection.engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
+from detection.engine.scoring import Box
+from detection.frames import latest_frame_path
+from detection.live import messages
+from detection.live.publisher import Publisher
+from detection.models import Analysis, FrameScore, Incident
+from detection.worker import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -172,22 +173,22 @@ class Recorder:
         for item in items:
             # `previous` lets a page notice a message it missed and ask for a resync.
             item_previous, previous_index = previous_index, item.frame_index
-            self.publisher.publish(
-                a.pk,
-                "score",
-                {
-                    "frame_index": item.frame_index,
-                    "time_s": item.time_s,
-                    "captured_at": item.captured_at.isoformat() if item.captured_at else None,
-                    "score": item.score,
-                    "normal": item.normal,
-                    "anomaly": item.anomaly,
-                    "threshold": a.threshold,
-                    "previous": item_previous,
-                    # Wall time of publishing, for measuring score-to-browser latency.
-                    "published_at": time.time(),
-                },
+            fields = messages.score_message(
+                item.frame_index,
+                item.time_s,
+                item.captured_at,
+                item.score,
+                item.normal,
+                item.anomaly,
             )
+            message = messages.live_score_message(
+                fields,
+                previous=item_previous,
+                threshold=a.threshold,
+                # Wall time of publishing, for measuring score-to-browser latency.
+                published_at=time.time(),
+            )
+            self.publisher.publish(a.pk, "score", message)
         for incident in filter(None, changed):
             self._announce(incident)
         self._write_latest_frame(items[-1])
@@ -238,14 +239,8 @@ class Recorder:
         except OSError as exc:
             log.warning("analysis %s: cannot write the live frame: %s", self.analysis.pk, exc)
             return
-        self.publisher.publish(
-            self.analysis.pk,
-            "frame",
-            {
-                "frame_index": item.frame_index,
-                "url": f"/analyses/{self.analysis.pk}/frame.jpg?v={item.frame_index}",
-            },
-        )
+        message = messages.frame_message(self.analysis.pk, item.frame_index)
+        self.publisher.publish(self.analysis.pk, "frame", message)
 
     def _thumbnail(self, item: ScoredItem) -> None:
         assert self.incident is not None
@@ -288,7 +283,7 @@ class Recorder:
             self.incident = None
 
     def _announce(self, incident: Incident) -> None:
-        payload = incident_message(incident)
+        payload = messages.incident_message(incident)
         self.publisher.publish(self.analysis.pk, "incident", payload)
         if self.analysis.webhook_url:
             webhooks.send(

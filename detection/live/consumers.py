@@ -51,10 +51,17 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError
 from django.utils.crypto import constant_time_compare
 
-from .access import visible_analyses
-from .frames import latest_frame_path
-from .live import group_name, incident_message
-from .models import Analysis, FrameScore
+from detection.access import visible_analyses
+from detection.frames import latest_frame_path
+from detection.live.messages import (
+    frame_url,
+    incident_message,
+    live_score_message,
+    score_from_row,
+    status_message,
+)
+from detection.live.publisher import group_name
+from detection.models import Analysis, FrameScore
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +110,6 @@ UNAVAILABLE_ERRORS = _unavailable_errors()
 SCORE_FIELDS = FrameScore.SCORE_FIELDS
 
 
-def score_dict(row: tuple[Any, ...]) -> dict[str, Any]:
-    frame_index, time_s, captured_at, score, normal, anomaly = row
-    return {
-        "frame_index": frame_index,
-        "time_s": time_s,
-        "captured_at": captured_at.isoformat() if captured_at else None,
-        "score": score,
-        "normal": normal,
-        "anomaly": anomaly,
-    }
-
-
 def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] | None:
     """The snapshot message, or None when the user may not see the analysis."""
     analysis = visible_analyses(user).select_related("camera").filter(pk=analysis_id).first()
@@ -142,7 +137,7 @@ def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] |
         "threshold": analysis.threshold,
         "window_size": analysis.window_size,
         "is_live": analysis.camera.is_live,
-        "scores": [score_dict(r) for r in scores],
+        "scores": [score_from_row(r) for r in scores],
         # The summary as stored when this snapshot was read; pages update it per score.
         "summary": {
             "frames_scored": analysis.frames_scored,
@@ -152,9 +147,7 @@ def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] |
             "average_score": analysis.average_score,
         },
         "incidents": [incident_message(i) for i in incidents],
-        "frame_url": f"/analyses/{analysis.pk}/frame.jpg?v={analysis.last_frame_index}"
-        if frame.exists()
-        else None,
+        "frame_url": frame_url(analysis.pk, analysis.last_frame_index) if frame.exists() else None,
         "resync": after is not None,
         "truncated": truncated,
     }
@@ -234,7 +227,7 @@ def newest_score(analysis_id: int) -> dict[str, Any] | None:
     if not rows:
         return None
     previous = rows[1][0] if len(rows) > 1 else None
-    return {"type": "score", **score_dict(rows[0]), "previous": previous}
+    return {"type": "score", **live_score_message(score_from_row(rows[0]), previous=previous)}
 
 
 def resync_after(content: Any) -> int | None:
@@ -505,7 +498,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
                 log.info("analysis %s: relaying scores the layer dropped", self.analysis_id)
                 await self._relay("score", message)
         if stored_status == now[1] and stored_status != self.sent_status:
-            await self._relay("status", {"status": now[1]})
+            await self._relay("status", status_message(now[1]))
 
     async def _refuse(self) -> None:
         await self._close(CLOSE_FORBIDDEN)
@@ -529,7 +522,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         await self._leave_group()
         await self.close(code=code)
 
-    # Group messages from detection.live.ChannelPublisher ("analysis.<kind>").
+    # Group messages from detection.live.publisher.ChannelPublisher ("analysis.<kind>").
 
     async def _relay(self, kind: str, event: dict[str, Any]) -> None:
         if self.answering is not None and not self.answering.done():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .models import Analysis, FrameScore
+from detection.models import Analysis, FrameScore
 
 MAX_POINTS = 2000
 CHUNK_SIZE = 5000

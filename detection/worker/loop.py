@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,17 +40,22 @@ from django.db import (
 from django.utils import timezone
 
 from cameras.models import Camera
+from detection import conf
+from detection.engine import EngineError, LoadedModel, Scorer, VideoReader, load_model, sources
+from detection.engine.motion import MotionGate
+from detection.engine.pipeline import prefetch, run_metadata, summarize
+from detection.engine.preprocess import fit_frame, to_tensor
+from detection.engine.schedule import Ticker
+from detection.engine.scoring import encode_images
+from detection.engine.video import is_black
+from detection.live import messages
+from detection.live.publisher import ChannelPublisher, Publisher
+from detection.models import Analysis, FrameScore
+from detection.worker import leases
+from detection.worker.recording import LeaseLost, Recorder, ScoredItem
 
-from . import conf, leases
-from .engine import EngineError, LoadedModel, Scorer, VideoReader, load_model
-from .engine.motion import MotionGate
-from .engine.pipeline import prefetch, run_metadata, summarize
-from .engine.preprocess import fit_frame, to_tensor
-from .engine.scoring import encode_images
-from .engine.video import DEFAULT_BLACK_LEVEL
-from .live import ChannelPublisher, Publisher
-from .models import Analysis, FrameScore
-from .recording import LeaseLost, Recorder, ScoredItem
+# (kind, source, **options) -> a live source, not yet started: `sources.open_source`'s shape.
+SourceFactory = Callable[..., sources.LiveSource]
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +112,9 @@ class FileJob(Job):
 
 @dataclass(eq=False)
 class LiveJob(Job):
-    source: Any = None  # cameras.sources.LiveSource
+    source: Any = None  # detection.engine.sources.LiveSource
     gate: MotionGate | None = None
-    interval: float = 1.0
-    next_due: float = 0.0
+    ticker: Ticker = field(default_factory=lambda: Ticker(1.0, 0.0))
     next_index: int = 0
     camera_status: str = ""
     camera_reconnects: int = 0  # the reconnect count last stored on the camera
@@ -134,6 +138,7 @@ class Worker:
         poll_seconds: float = POLL_SECONDS,
         max_jobs: int = MAX_JOBS,
         source_options: dict[str, Any] | None = None,
+        open_source: SourceFactory | None = None,
     ) -> None:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.once = once
@@ -143,8 +148,11 @@ class Worker:
         self.publisher = publisher or ChannelPublisher()
         self.poll_seconds = poll_seconds
         self.max_jobs = max_jobs
-        # Timeouts and reconnect policy for live sources (cameras.sources.LiveSource).
+        # Timeouts and reconnect policy for live sources (detection.engine.sources.LiveSource).
         self.source_options = source_options or {}
+        # How a live camera's frames are read: the engine's sources, or (benchmark, tests) a
+        # stand-in such as a video file paced in real time.
+        self.open_source = open_source or sources.open_source
         self.jobs: dict[int, Job] = {}
         # Scored but not stored yet (in order): kept across a database outage.
         self.unstored: list[tuple[Job, list[ScoredItem]]] = []
@@ -268,7 +276,7 @@ class Worker:
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
     def _idle_wait(self) -> float:
-        live = [j.next_due for j in self.jobs.values() if isinstance(j, LiveJob)]
+        live = [j.ticker.next_due for j in self.jobs.values() if isinstance(j, LiveJob)]
         wait = min(live) - time.monotonic() if live else self.poll_seconds
         return min(max(wait, 0.01), 0.25 if live else self.poll_seconds)
 
@@ -299,8 +307,8 @@ class Worker:
         pending: list[Pending] = []
         now = time.monotonic()
         for job in list(self.jobs.values()):
-            if isinstance(job, LiveJob) and not job.done and now >= job.next_due:
-                job.next_due = max(job.next_due + job.interval, now)
+            if isinstance(job, LiveJob) and not job.done and job.ticker.due(now):
+                job.ticker.advance(now)
                 item = self._live_frame(job)
                 if item is not None:
                     pending.append(item)
@@ -406,11 +414,9 @@ class Worker:
                 self.publisher.publish(
                     job.pk,
                     "status",
-                    {
-                        "camera_status": status,
-                        "last_error": camera.last_error,
-                        "status": job.analysis.status,
-                    },
+                    messages.status_message(
+                        job.analysis.status, camera_status=status, last_error=camera.last_error
+                    ),
                 )
 
     # --- jobs ------------------------------------------------------------------------
@@ -431,7 +437,7 @@ class Worker:
             return
         self.jobs[analysis.pk] = job
         log.info("analysis %s (%s): started by %s", analysis.pk, analysis.camera.kind, self.owner)
-        self.publisher.publish(analysis.pk, "status", {"status": Status.RUNNING})
+        self.publisher.publish(analysis.pk, "status", messages.status_message(Status.RUNNING))
 
     def _load_model(self) -> LoadedModel:
         if self._model is None:
@@ -469,11 +475,9 @@ class Worker:
         return job
 
     def _start_live(self, analysis: Analysis, scorer: Scorer, recorder: Recorder) -> LiveJob:
-        from cameras.sources import open_source
-
         camera = analysis.camera
         last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
-        source = open_source(camera.kind, camera.source, **self.source_options)
+        source = self.open_source(camera.kind, camera.source, **self.source_options)
         source.start()
         gate = (
             MotionGate(rescore_interval_s=analysis.rescore_interval_s)
@@ -486,8 +490,7 @@ class Worker:
             recorder,
             source=source,
             gate=gate,
-            interval=1.0 / analysis.sampling_fps,
-            next_due=time.monotonic(),
+            ticker=Ticker(1.0 / analysis.sampling_fps, time.monotonic()),
             next_index=last.frame_index + 1 if last else 0,
         )
 
@@ -511,7 +514,7 @@ class Worker:
         frame = job.source.latest(0)
         if frame is None:
             return None
-        if job.analysis.skip_black_frames and float(frame.image.mean()) < DEFAULT_BLACK_LEVEL:
+        if job.analysis.skip_black_frames and is_black(frame.image):
             return None
         started = job.analysis.started_at or timezone.now()
         time_s = max(0.0, (frame.captured_at - started).total_seconds())
@@ -534,7 +537,7 @@ class Worker:
             if stats.header_frames:
                 progress = min(0.999, stats.frames_decoded / stats.header_frames)
                 Analysis.objects.filter(pk=job.pk).update(progress=progress)
-                self.publisher.publish(job.pk, "progress", {"progress": progress})
+                self.publisher.publish(job.pk, "progress", messages.progress_message(progress))
         elif isinstance(job, LiveJob) and time.monotonic() - job.last_frame_saved > 5:
             job.last_frame_saved = time.monotonic()
             Camera.objects.filter(pk=job.analysis.camera_id).update(last_frame_at=timezone.now())
@@ -571,21 +574,16 @@ class Worker:
         self.jobs.pop(job.pk, None)
         job.close()
         if released:
-            self.publisher.publish(
-                job.pk,
-                "status",
-                {
-                    "status": status,
-                    **{k: v for k, v in fields.items() if k in ("error_message", "progress")},
-                },
-            )
+            shown = {k: v for k, v in fields.items() if k in ("error_message", "progress")}
+            self.publisher.publish(job.pk, "status", messages.status_message(status, **shown))
 
     def _fail(self, pk: int, message: str) -> None:
         log.warning("analysis %s failed: %s", pk, message)
         leases.release(
             self.owner, pk, Status.FAILED, error_message=message, finished_at=timezone.now()
         )
-        self.publisher.publish(pk, "status", {"status": Status.FAILED, "error_message": message})
+        failed = messages.status_message(Status.FAILED, error_message=message)
+        self.publisher.publish(pk, "status", failed)
 
 
 def _close_connections() -> None:
@@ -632,7 +630,7 @@ def _refresh_connections() -> None:
 
 
 def _as_scored(row: FrameScore) -> Any:
-    from .engine.pipeline import ScoredFrame
+    from detection.engine.pipeline import ScoredFrame
 
     return ScoredFrame(
         row.frame_index, row.time_s, row.score, row.normal_similarity, row.anomaly_similarity

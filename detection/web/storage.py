@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import UploadedFile
 
-from .engine.video import VIDEO_EXTENSIONS
+from detection.engine.video import VIDEO_EXTENSIONS
 
 UPLOAD_DIR = "uploads"
 

@@ -24,13 +24,18 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
 from cameras.models import Camera
-
-from . import storage, upload_handlers
-from .engine.errors import MediaError
-from .engine.media import declared_shortfall
-from .engine.video import VideoReader
-from .forms import IMAGE_MAX_MB, ImageTestForm, VideoUploadForm, prompt_list, strip_prefix
-from .models import Analysis
+from detection.engine.errors import MediaError
+from detection.engine.limits import split_prompts
+from detection.engine.media import declared_shortfall
+from detection.engine.video import VideoReader
+from detection.models import Analysis
+from detection.web import storage, upload_handlers
+from detection.web.forms import (
+    IMAGE_MAX_MB,
+    ImageTestForm,
+    VideoUploadForm,
+    strip_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +185,13 @@ def _analyze_image_page(
             oversized=cap is not None and "image" in cap.oversized,
         )
         if form.is_valid():
-            from .api import analyze_image  # loads torch on first use only
+            from detection.api import analyze_image  # loads torch on first use only
 
             data = form.cleaned_data
             result = analyze_image(
                 form.frame,
-                prompt_list(data["normal_prompts"]),
-                prompt_list(data["anomaly_prompts"]),
+                split_prompts(data["normal_prompts"]),
+                split_prompts(data["anomaly_prompts"]),
                 threshold=data["threshold"],
                 localize=data["localize"],
             )

@@ -31,24 +31,6 @@ def group_name(analysis_id: int) -> str:
     return f"analysis-{analysis_id}"
 
 
-def incident_message(incident: Any) -> dict[str, Any]:
-    """An incident as live pages, webhooks and the acknowledge API all see it."""
-    acknowledged_by = incident.acknowledged_by if incident.acknowledged_by_id else None
-    return {
-        "id": incident.pk,
-        "start_time_s": incident.start_time_s,
-        "end_time_s": incident.end_time_s,
-        "peak_score": incident.peak_score,
-        "peak_time_s": incident.peak_time_s,
-        "open": incident.is_open,
-        "acknowledged_by": acknowledged_by.get_username() if acknowledged_by else None,
-        "acknowledged_at": incident.acknowledged_at.isoformat()
-        if incident.acknowledged_at
-        else None,
-        "thumbnail_url": incident.thumbnail_url,
-    }
-
-
 class Publisher(Protocol):
     def publish(self, analysis_id: int, kind: str, payload: dict[str, Any]) -> None: ...
 

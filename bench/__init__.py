@@ -1,0 +1,1 @@
+"""The benchmark (`make bench`, `manage.py bench`): outside the apps, it drives them."""

@@ -1,0 +1,2 @@
+"""Live pages: publishing what the worker stores (`publisher`), the socket (`consumers`,
+`routing`)."""

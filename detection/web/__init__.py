@@ -1,0 +1,1 @@
+"""The portal's pages: dashboard, analysis pages and buttons, uploads, exports, forms."""
