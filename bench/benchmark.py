@@ -498,6 +498,104 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
 # --- the whole benchmark ---------------------------------------------------------------------
 
 
+def _measure_ceiling(
+    loaded: Any,
+    batch_size: int,
+    matmul_sizes: Sequence[int] | None,
+    before: tuple[dict[str, float], float] | None = None,
+) -> tuple[dict[str, float], float]:
+    """Matmul GFLOP/s per precision (fp32 and the model's) and the encoder's images/s; with
+    `before`, the better of the two measurements of each."""
+    precisions = {"fp32": torch.float32, loaded.precision: loaded.dtype}
+    rates = {
+        name: matmul_gflops(dtype, loaded.device, matmul_sizes)
+        for name, dtype in precisions.items()
+    }
+    encoder = encoder_images_per_s(loaded, batch_size)
+    if before is not None:
+        rates = {name: max(rate, before[0].get(name, 0.0)) for name, rate in rates.items()}
+        encoder = max(encoder, before[1])
+    return rates, encoder
+
+
+def _measure_paths(
+    proto: Any,
+    video: Path,
+    normal: str,
+    anomaly: str,
+    sampling_fps: float,
+    spec: ModelSpec,
+    batch_size: int,
+    repeats: int,
+    worker: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, dict[str, Any]], list[float]]:
+    """The prototype's loop, analyze_video and the worker, interleaved round by round (a
+    neighbour's burst then slows all three alike); per path the median frames/s."""
+    runs: dict[str, list[Run]] = {"prototype": [], "analyze_video": [], "worker": []}
+    proto_scores: list[float] = []
+    for r in range(repeats):
+        log(f"round {r + 1}/{repeats}: prototype")
+        run, proto_scores = prototype_run(proto, video, normal, anomaly, sampling_fps)
+        runs["prototype"].append(run)
+        log(f"round {r + 1}/{repeats}: analyze_video")
+        runs["analyze_video"].append(
+            api_run(video, normal, anomaly, sampling_fps, spec=spec, batch_size=batch_size)
+        )
+        if worker:
+            log(f"round {r + 1}/{repeats}: worker")
+            runs["worker"].append(worker_run(video, normal, anomaly, sampling_fps, batch_size))
+
+    proto_fps = statistics.median(r.fps for r in runs["prototype"])
+    paths = {}
+    for name, done in runs.items():
+        if not done:
+            continue
+        fps = statistics.median(r.fps for r in done)
+        paths[name] = {
+            "frames": done[0].frames,
+            "fps": fps,
+            "fps_runs": [r.fps for r in done],
+            "seconds_runs": [r.seconds for r in done],
+            "speedup": fps / proto_fps if proto_fps else None,
+            "ceiling_fraction": None,  # set by the caller, once the ceiling is final
+            "precision": done[0].precision,
+            "batch_size": 1 if name == "prototype" else batch_size,
+        }
+    return paths, proto_scores
+
+
+def _measure_live(
+    video: Path,
+    cameras: Sequence[int],
+    camera_clip: str | Path | None,
+    *,
+    log: Callable[[str], None],
+    **options: Any,
+) -> list[LiveResult]:
+    """Live capacity on a 25-fps clip made from `video` (unless one is given)."""
+    if not cameras:
+        return []
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="clipwatch-bench-") as tmp:
+        clip = camera_clip or make_camera_clip(video, Path(tmp) / "camera25.mp4")
+        log(
+            f"live capacity: {', '.join(map(str, cameras))} simulated cameras at "
+            f"{options['sampling_fps']:g} frame/s each"
+        )
+        return live_capacity(
+            clip,
+            cameras,
+            on_result=lambda res: log(
+                f"  {res.cameras} cameras: {'held' if res.held else 'NOT held'} "
+                f"(max age {res.age_max if res.age_max is not None else float('nan'):.2f} s, "
+                f"slowest camera {res.min_rate:.2f} frames/s)"
+            ),
+            **options,
+        )
+
+
 def run_benchmark(
     video: str | Path = DEFAULT_VIDEO,
     *,
@@ -531,78 +629,30 @@ def run_benchmark(
     log("measuring the ceiling and the encoder alone")
     load_start = _loadavg()
     gflops_per_image = model_gflops(loaded)
-    precisions = {"fp32": torch.float32, loaded.precision: loaded.dtype}
-    rates = {
-        name: matmul_gflops(dtype, loaded.device, matmul_sizes)
-        for name, dtype in precisions.items()
-    }
-    encoder = encoder_images_per_s(loaded, batch_size)
+    rates, encoder = _measure_ceiling(loaded, batch_size, matmul_sizes)
     encoder_fp32 = encoder_images_per_s(proto, 1) if loaded.precision != "fp32" else None
 
-    runs: dict[str, list[Run]] = {"prototype": [], "analyze_video": [], "worker": []}
-    proto_scores: list[float] = []
-    for r in range(repeats):
-        log(f"round {r + 1}/{repeats}: prototype")
-        run, proto_scores = prototype_run(proto, video, normal, anomaly, sampling_fps)
-        runs["prototype"].append(run)
-        log(f"round {r + 1}/{repeats}: analyze_video")
-        runs["analyze_video"].append(
-            api_run(video, normal, anomaly, sampling_fps, spec=spec, batch_size=batch_size)
-        )
-        if worker:
-            log(f"round {r + 1}/{repeats}: worker")
-            runs["worker"].append(worker_run(video, normal, anomaly, sampling_fps, batch_size))
-
-    proto_fps = statistics.median(r.fps for r in runs["prototype"])
-    paths = {}
-    for name, done in runs.items():
-        if not done:
-            continue
-        fps = statistics.median(r.fps for r in done)
-        paths[name] = {
-            "frames": done[0].frames,
-            "fps": fps,
-            "fps_runs": [r.fps for r in done],
-            "seconds_runs": [r.seconds for r in done],
-            "speedup": fps / proto_fps if proto_fps else None,
-            "ceiling_fraction": None,  # below, once the ceiling is final
-            "precision": done[0].precision,
-            "batch_size": 1 if name == "prototype" else batch_size,
-        }
-
-    live: list[LiveResult] = []
-    if cameras:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="clipwatch-bench-") as tmp:
-            clip = camera_clip or make_camera_clip(video, Path(tmp) / "camera25.mp4")
-            log(
-                f"live capacity: {', '.join(map(str, cameras))} simulated cameras at "
-                f"{sampling_fps:g} frame/s each"
-            )
-            live = live_capacity(
-                clip,
-                cameras,
-                sampling_fps=sampling_fps,
-                warmup_s=live_warmup_s,
-                measure_s=live_measure_s,
-                batch_size=batch_size,
-                normal=normal,
-                anomaly=anomaly,
-                on_result=lambda res: log(
-                    f"  {res.cameras} cameras: {'held' if res.held else 'NOT held'} "
-                    f"(max age {res.age_max if res.age_max is not None else float('nan'):.2f} s, "
-                    f"slowest camera {res.min_rate:.2f} frames/s)"
-                ),
-            )
+    paths, proto_scores = _measure_paths(
+        proto, video, normal, anomaly, sampling_fps, spec, batch_size, repeats, worker, log
+    )
+    live = _measure_live(
+        video,
+        cameras,
+        camera_clip,
+        sampling_fps=sampling_fps,
+        warmup_s=live_warmup_s,
+        measure_s=live_measure_s,
+        batch_size=batch_size,
+        normal=normal,
+        anomaly=anomaly,
+        log=log,
+    )
     held = [r.cameras for r in live if r.held]
 
     # Measured again at the end, the best kept: a neighbour's burst lowers one measurement,
     # and the ceiling should be the machine's, not its worst moment (same for the encoder).
     log("measuring the ceiling and the encoder again")
-    for name, dtype in precisions.items():
-        rates[name] = max(rates[name], matmul_gflops(dtype, loaded.device, matmul_sizes))
-    encoder = max(encoder, encoder_images_per_s(loaded, batch_size))
+    rates, encoder = _measure_ceiling(loaded, batch_size, matmul_sizes, (rates, encoder))
     chosen_rate = rates[loaded.precision]
     ceiling = chosen_rate / gflops_per_image
     for path in paths.values():

@@ -261,6 +261,80 @@ def _live_source(source: object) -> LiveSource:
     raise SourceError(f"a source is a LiveSource, a stream URL or a webcam index, not {source!r}")
 
 
+def _next_frame(live: LiveSource, timeout: float) -> tuple[Any, bool]:
+    """The newest frame (or None), and whether the source has given up for good."""
+    frame = live.latest(timeout=timeout)
+    if frame is not None:
+        return frame, False
+    gave_up = live.status in (SourceStatus.OFFLINE, SourceStatus.FAILED)
+    return None, not live.running or (gave_up and bool(live.last_error))
+
+
+def _stream_scores(
+    live: LiveSource,
+    scorer: Scorer,
+    ticker: Ticker,
+    *,
+    threshold: float,
+    window_size: int,
+    max_frames: int | None,
+    duration_s: float | None,
+    black_level: float | None,
+) -> Iterator[dict[str, Any]]:
+    """analyze_stream's loop: the worker's schedule (the newest frame at each tick, never a
+    burst to catch up) and black-frame test; one item per scored frame."""
+    deadline = time.monotonic() + duration_s if duration_s is not None else math.inf
+    window: deque[float] = deque(maxlen=window_size)
+    scored = skipped = 0
+    while max_frames is None or scored < max_frames:
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        if not ticker.due(now):
+            time.sleep(min(ticker.next_due, deadline) - now)
+            continue
+        frame, ended = _next_frame(live, min(0.5, deadline - now))
+        if frame is None:
+            if not ended:
+                continue
+            if live.last_error:
+                why = f"{live.name} is {live.status.value}: {live.last_error}"
+                yield _error(SourceError(why))
+            return
+        ticker.advance(time.monotonic())
+        if black_level is not None and is_black(frame.image, black_level):
+            skipped += 1
+            continue
+        try:
+            result = scorer.score_frames([frame.image])
+        except EngineError as exc:
+            yield _error(exc)
+            return
+        except cv2.error as exc:
+            yield _error(MediaError(f"OpenCV could not process a frame: {exc.msg or exc}"))
+            return
+        score = float(result.score[0])
+        window.append(score)
+        scored += 1
+        yield {
+            "status": "Success",
+            "error_message": None,
+            "time_s": frame.time_s,
+            "frame_index": frame.index,
+            "captured_at": frame.captured_at.isoformat(),
+            "score": score,
+            "normal": float(result.normal[0]),
+            "anomaly": float(result.anomaly[0]),
+            "label": _label(score, threshold),
+            "threshold": threshold,
+            "window": list(window),
+            "source_status": live.status.value,
+            "reconnects": live.reconnects,
+            "black_frames_skipped": skipped,
+            "random_weights": scorer.loaded.random_weights,
+        }
+
+
 def analyze_stream(
     source: LiveSource | str | int,
     prompt_normal: Prompts,
@@ -314,61 +388,16 @@ def analyze_stream(
 
         if not live.started:
             live.start()
-        start = time.monotonic()
-        deadline = start + duration_s if duration_s is not None else math.inf
-        # The worker's schedule: the newest frame at each tick, never a burst to catch up.
-        ticker = Ticker(1.0 / rate, start)
-        window: deque[float] = deque(maxlen=window_size)
-        scored = skipped = 0
-        while max_frames is None or scored < max_frames:
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            if not ticker.due(now):
-                time.sleep(min(ticker.next_due, deadline) - now)
-                continue
-            frame = live.latest(timeout=min(0.5, deadline - now))
-            if frame is None:
-                gave_up = live.status in (SourceStatus.OFFLINE, SourceStatus.FAILED)
-                if not live.running or (gave_up and live.last_error):
-                    if live.last_error:
-                        yield _error(
-                            SourceError(f"{live.name} is {live.status.value}: {live.last_error}")
-                        )
-                    return
-                continue
-            ticker.advance(time.monotonic())
-            if skip_black_frames and is_black(frame.image, black_level):
-                skipped += 1
-                continue
-            try:
-                result = scorer.score_frames([frame.image])
-            except EngineError as exc:
-                yield _error(exc)
-                return
-            except cv2.error as exc:
-                yield _error(MediaError(f"OpenCV could not process a frame: {exc.msg or exc}"))
-                return
-            score = float(result.score[0])
-            window.append(score)
-            scored += 1
-            yield {
-                "status": "Success",
-                "error_message": None,
-                "time_s": frame.time_s,
-                "frame_index": frame.index,
-                "captured_at": frame.captured_at.isoformat(),
-                "score": score,
-                "normal": float(result.normal[0]),
-                "anomaly": float(result.anomaly[0]),
-                "label": _label(score, threshold),
-                "threshold": threshold,
-                "window": list(window),
-                "source_status": live.status.value,
-                "reconnects": live.reconnects,
-                "black_frames_skipped": skipped,
-                "random_weights": scorer.loaded.random_weights,
-            }
+        yield from _stream_scores(
+            live,
+            scorer,
+            Ticker(1.0 / rate, time.monotonic()),
+            threshold=threshold,
+            window_size=window_size,
+            max_frames=max_frames,
+            duration_s=duration_s,
+            black_level=black_level if skip_black_frames else None,
+        )
     finally:
         if live is not None:
             live.stop()

@@ -124,32 +124,8 @@ class Recorder:
             smoothed = smoother(item.score)
             events += [(e, item) for e in tracker.feed(smoothed, item.time_s, item.frame_index)]
         saved = self._snapshot()
-        rows = [
-            FrameScore(
-                analysis_id=a.pk,
-                frame_index=i.frame_index,
-                time_s=i.time_s,
-                captured_at=i.captured_at,
-                score=i.score,
-                normal_similarity=i.normal,
-                anomaly_similarity=i.anomaly,
-                box_x0=i.box.x0 if i.box else None,
-                box_y0=i.box.y0 if i.box else None,
-                box_x1=i.box.x1 if i.box else None,
-                box_y1=i.box.y1 if i.box else None,
-            )
-            for i in items
-        ]
         previous_index = a.last_frame_index
-        previous = a.frames_scored
-        total = previous + len(items)
-        batch_sum = sum(i.score for i in items)
-        a.average_score = ((a.average_score or 0.0) * previous + batch_sum) / total
-        a.frames_scored = total
-        peak = max(items, key=lambda i: i.score)
-        if a.peak_score is None or peak.score > a.peak_score:
-            a.peak_score, a.peak_time_s = peak.score, peak.time_s
-        a.last_score, a.last_frame_index = items[-1].score, items[-1].frame_index
+        self._summarise(items)
         try:
             with transaction.atomic():
                 # Checked in the same transaction as the writes, so an operator's Stop or
@@ -163,13 +139,48 @@ class Recorder:
                     raise LeaseLost(a.pk)
                 # ignore_conflicts: a batch retried after a crash between commit and
                 # acknowledgement stores nothing twice (unique analysis + frame_index).
-                FrameScore.objects.bulk_create(rows, ignore_conflicts=True)
+                FrameScore.objects.bulk_create(map(self._row, items), ignore_conflicts=True)
                 a.save(update_fields=list(SUMMARY_FIELDS))
                 changed = [self._apply(event, item) for event, item in events]
         except BaseException:
             self._restore(saved)
             raise
         self.smoother, self.tracker = smoother, tracker
+        self._publish_scores(items, previous_index)
+        for incident in filter(None, changed):
+            self._announce(incident)
+        self._write_latest_frame(items[-1])
+
+    def _row(self, item: ScoredItem) -> FrameScore:
+        box = item.box
+        return FrameScore(
+            analysis_id=self.analysis.pk,
+            frame_index=item.frame_index,
+            time_s=item.time_s,
+            captured_at=item.captured_at,
+            score=item.score,
+            normal_similarity=item.normal,
+            anomaly_similarity=item.anomaly,
+            box_x0=box.x0 if box else None,
+            box_y0=box.y0 if box else None,
+            box_x1=box.x1 if box else None,
+            box_y1=box.y1 if box else None,
+        )
+
+    def _summarise(self, items: list[ScoredItem]) -> None:
+        """Fold a batch into the analysis's summary fields (in memory; saved with the rows)."""
+        a = self.analysis
+        previous = a.frames_scored
+        total = previous + len(items)
+        batch_sum = sum(i.score for i in items)
+        a.average_score = ((a.average_score or 0.0) * previous + batch_sum) / total
+        a.frames_scored = total
+        peak = max(items, key=lambda i: i.score)
+        if a.peak_score is None or peak.score > a.peak_score:
+            a.peak_score, a.peak_time_s = peak.score, peak.time_s
+        a.last_score, a.last_frame_index = items[-1].score, items[-1].frame_index
+
+    def _publish_scores(self, items: list[ScoredItem], previous_index: int | None) -> None:
         for item in items:
             # `previous` lets a page notice a message it missed and ask for a resync.
             item_previous, previous_index = previous_index, item.frame_index
@@ -184,14 +195,11 @@ class Recorder:
             message = messages.live_score_message(
                 fields,
                 previous=item_previous,
-                threshold=a.threshold,
+                threshold=self.analysis.threshold,
                 # Wall time of publishing, for measuring score-to-browser latency.
                 published_at=time.time(),
             )
-            self.publisher.publish(a.pk, "score", message)
-        for incident in filter(None, changed):
-            self._announce(incident)
-        self._write_latest_frame(items[-1])
+            self.publisher.publish(self.analysis.pk, "score", message)
 
     def _apply(self, event: IncidentEvent, item: ScoredItem) -> Incident | None:
         state = event.incident
