@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from detection.engine import netpolicy, sources
+from detection.engine import netpolicy
 from detection.engine.netpolicy import STREAM_SCHEMES as STREAM_SCHEMES  # one definition
 
 MAX_WEBCAM_INDEX = 63
@@ -28,12 +28,6 @@ _WEBCAM_INDEX = re.compile(r"-?[0-9]+")  # ASCII only: "²".isdigit() is True, i
 def camera_policy() -> netpolicy.NetworkPolicy:
     """Where cameras may connect, with the networks the settings open (read per call)."""
     return netpolicy.camera_policy(settings.DETECTION_CAMERA_ALLOWED_NETWORKS)
-
-
-# The worker checks a stream's address again before every open, in the Django-free frame
-# sources: they get this settings-backed policy. cameras.models imports this module, so
-# every Django process (web, worker, commands, tests) has it installed.
-sources.use_camera_policy(camera_policy)
 
 
 def allowed_video_dirs() -> list[Path]:
