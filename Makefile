@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test run bench lint
+.PHONY: install test test-fast run bench lint
 
 install: $(STAMP)
 
@@ -19,8 +19,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev,redis,postgres]'
 	touch $(STAMP)
 
+# Everything, as CI runs it (.ci/run); the services it needs are in README, "Development".
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop while working (under two minutes on 2 cores): no servers, workers or other
+# services started, no browser, nothing over ~2 s (the markers: pyproject.toml).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not browser and not postgres and not redis" $(PYTEST_ARGS)
 
 # The portal and one detection worker; Ctrl-C stops both (detection/.../run_portal.py).
 run: install

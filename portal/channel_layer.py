@@ -4,7 +4,7 @@ Upstream (channels-lite 0.4.0) one daphne process polls its messages one row at 
 SELECT and an UPDATE, each a hop to the thread that also runs every consumer's database
 calls), and a group_send counts the pending messages once per member. With 200 sockets
 on one analysis at 1 frame/s that is ~70-300 messages/s received (400/s needed) and
-250-450 ms per group_send in the worker: viewers starve (tests/test_live_load.py). Here:
+250-450 ms per group_send in the worker: viewers starve (tests/live/test_live_load.py). Here:
 
 - a poll claims up to CLAIM_BATCH messages in one IMMEDIATE transaction and hands them out
   from memory (delivery stays at most once: a claimed message is marked delivered);

@@ -16,7 +16,7 @@ queue. `StreamingBodyRequest` fixes both: Twisted and daphne see an empty body, 
 one goes to the application a chunk at a time, as it reads (at most `QUEUED_CHUNKS` chunks
 wait in its queue); its file is closed, and its disk freed, once handed over. Django spools
 what it reads to a temporary file and parses uploads from there (docs/deployment.md,
-"Request bodies"); tests/test_request_memory.py measures all of it.
+"Request bodies"); tests/portal/test_request_memory.py measures all of it.
 
 A websocket handshake is a GET without a body. daphne replayed whatever body came with one
 to the websocket protocol, in memory (+512 MiB for 256 MiB); now that body is dropped.

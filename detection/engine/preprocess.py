@@ -1,7 +1,7 @@
 """Preprocessing OpenCV frames (BGR uint8 arrays) into model input, without PIL.
 
 It reproduces open_clip's inference transform (resize, centre crop, RGB, normalise) closely
-enough that embeddings agree within the bound tested in tests/test_engine_equivalence.py,
+enough that embeddings agree within the bound tested in tests/engine/test_engine_equivalence.py,
 at a fraction of the cost: the crop happens before the resize, so only the pixels that
 survive the crop are resampled, and normalisation runs as one tensor operation on the
 model's device (a uint8 batch crosses to the GPU, four times smaller than float32).

@@ -1,0 +1,1 @@
+"""bench/: the benchmark (make bench, manage.py bench)."""

@@ -1,0 +1,1 @@
+"""detection/ itself: its models, admin, API, management commands and system checks."""

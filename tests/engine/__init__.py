@@ -1,0 +1,1 @@
+"""detection/engine/: the Django-free engine: model loading, scoring, prompts, video, sources."""

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+
+import open_clip
+import pytest
+import torch
+
+from detection.engine import ModelLoadError, ModelSpec, load_model
+from detection.engine import loader as loader_module
+from detection.engine.device import cpu_bf16_is_faster, resolve_device, resolve_precision
+from tests.support import ROOT
+
+
+def spec_for(tiny_model, **kw) -> ModelSpec:
+    base = dict(
+        name=str(tiny_model.config),
+        pretrained=str(tiny_model.checkpoint),
+        device="cpu",
+        precision="fp32",
+    )
+    return ModelSpec(**{**base, **kw})
+
+
+def test_it_loads_a_local_checkpoint_through_open_clip(tiny_model):
+    loaded = load_model(spec_for(tiny_model))
+    saved = torch.load(tiny_model.checkpoint, weights_only=True)
+    assert torch.equal(
+        loaded.model.state_dict()["visual.conv1.weight"], saved["visual.conv1.weight"]
+    )
+    assert not loaded.random_weights
+    assert loaded.model_logit_scale == pytest.approx(100.0, rel=1e-4)
+    assert loaded.describe()["random_weights"] is False
+
+
+def test_it_caches_one_model_per_spec(tiny_model):
+    assert load_model(spec_for(tiny_model)) is load_model(spec_for(tiny_model))
+    assert load_model(spec_for(tiny_model)) is not load_model(
+        spec_for(tiny_model, precision="bf16")
+    )
+
+
+def test_it_loads_once_when_many_threads_ask_at_once(tiny_model, monkeypatch):
+    loader_module.clear_cache()
+    calls = []
+    real = open_clip.create_model_and_transforms
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", counting)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(load_model(spec_for(tiny_model))))
+        for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len({id(r) for r in results}) == 1 and len(results) == 6
+
+
+def test_it_warns_on_every_load_of_random_weights(tiny_model, caplog):
+    loader_module.clear_cache()
+    with caplog.at_level(logging.WARNING, logger="detection.engine.loader"):
+        first = load_model(spec_for(tiny_model, pretrained="none"))
+        loader_module.clear_cache()
+        load_model(spec_for(tiny_model, pretrained="none"))
+    warnings = [r for r in caplog.records if "RANDOM weights" in r.getMessage()]
+    assert len(warnings) == 2
+    assert first.random_weights and first.describe()["random_weights"] is True
+
+
+def test_it_casts_the_whole_model_for_bf16(tiny_model):
+    loaded = load_model(spec_for(tiny_model, precision="bf16"))
+    assert loaded.dtype == torch.bfloat16
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+
+
+def test_it_names_an_unknown_architecture(tiny_model):
+    with pytest.raises(ModelLoadError, match=r"'ViT-B-61' is not a model open_clip can build"):
+        load_model(spec_for(tiny_model, name="ViT-B-61"))
+
+
+def test_it_names_a_missing_checkpoint_file(tiny_model, tmp_path):
+    missing = tmp_path / "nowhere.pt"
+    with pytest.raises(ModelLoadError, match="checkpoint file not found") as err:
+        load_model(spec_for(tiny_model, pretrained=str(missing)))
+    assert str(missing) in str(err.value)
+
+
+def test_it_lists_the_known_tags_for_an_unknown_one():
+    with pytest.raises(ModelLoadError) as err:
+        load_model(ModelSpec("ViT-B-16", "laion9b_nonsense", "cpu", "fp32"))
+    assert "laion2b_s34b_b88k" in str(err.value)
+    assert "DETECTION_PRETRAINED" in str(err.value)
+
+
+def test_it_explains_a_corrupt_checkpoint(tiny_model, tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ModelLoadError, match="could not load") as err:
+        load_model(spec_for(tiny_model, pretrained=str(bad)))
+    assert "DETECTION_PRETRAINED" in str(err.value)
+
+
+# The tag as published, and as open_clip also accepts it (and `manage.py check` with it):
+# both must reach the download, not stop at the tag.
+@pytest.mark.slow
+@pytest.mark.parametrize("tag", ["laion2b_s34b_b88k", "LAION2B-S34B-B88K"])
+def test_it_explains_a_failed_download_without_a_traceback(tmp_path, tag):
+    """The real default weights, with the hub unreachable (offline mode: fails at once)."""
+    code = (
+        "from detection.engine import ModelSpec, load_model, ModelLoadError\n"
+        "try:\n"
+        f"    load_model(ModelSpec('ViT-B-16', {tag!r}, 'cpu', 'fp32',"
+        f" cache_dir={str(tmp_path)!r}))\n"
+        "except ModelLoadError as e:\n"
+        "    print(e)\n"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT
+    )
+    message = out.stdout.strip()
+    assert "could not download the 'laion2b_s34b_b88k' weights of ViT-B-16" in message
+    assert "DETECTION_PRETRAINED=/path/to/open_clip_pytorch_model.bin" in message
+    assert "huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K" in message
+
+
+def test_it_resolves_devices():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ModelLoadError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_it_picks_precision_by_device_and_processor():
+    assert resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_bf16_is_faster() else "fp32")
+    assert resolve_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(ModelLoadError, match="unknown precision"):
+        resolve_precision("int4", "cpu")

@@ -1,0 +1,68 @@
+"""Synthetic frames and video files: nothing is downloaded, everything is made on the fly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# Container/codec pairs OpenCV's bundled FFmpeg writes on this machine (H.264 it cannot).
+CONTAINERS = {
+    "mp4": "mp4v",
+    "mov": "mp4v",
+    "m4v": "mp4v",
+    "mkv": "mp4v",
+    "avi": "MJPG",
+    "webm": "VP90",
+}
+
+# The `make_video` fixture: make_video(name, frames=20, fps=10.0, size=(320, 240), black=(),
+# codec=None) -> the path of a new clip in the test's tmp_path.
+VideoFactory = Callable[..., Path]
+
+
+def scene(height: int = 240, width: int = 320, seed: int = 0, t: float = 0.0) -> np.ndarray:
+    """A real-looking BGR frame: gradients, edges, shapes, texture and sensor noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack(
+        [
+            120 + 80 * np.sin(x / width * 3 + seed),
+            100 + 60 * np.cos(y / height * 4 + seed),
+            90 + 50 * np.sin((x + y) / (width + height) * 5),
+        ],
+        axis=-1,
+    )
+    for i in range(6):
+        cx = int((rng.uniform(0.1, 0.9) * width + t * 20 * (i + 1)) % width)
+        cy = int(rng.uniform(0.1, 0.9) * height)
+        r = int(rng.uniform(0.05, 0.2) * min(height, width))
+        cv2.circle(img, (cx, cy), r, rng.uniform(0, 255, 3).tolist(), -1)
+    cv2.rectangle(img, (width // 8, height // 2), (width // 3, height - 10), (30, 200, 40), 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_video(
+    path: Path,
+    frames: int = 20,
+    fps: float = 10.0,
+    size: tuple[int, int] = (320, 240),
+    black: Sequence[int] = (),
+    codec: str | None = None,
+) -> Path:
+    """A clip of moving `scene`s (the frames listed in `black` black), in `path`'s container."""
+    fourcc = codec or CONTAINERS[path.suffix.lstrip(".").lower()]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc} in {path.suffix}"
+    for i in range(frames):
+        frame = (
+            np.zeros((size[1], size[0], 3), np.uint8)
+            if i in black
+            else scene(size[1], size[0], seed=1, t=i / fps)
+        )
+        writer.write(frame)
+    writer.release()
+    return path

@@ -1,0 +1,1 @@
+"""detection/worker/: run_detector's loop, leases, recording, database faults, webhooks."""
