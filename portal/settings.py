@@ -292,15 +292,15 @@ MEDIA_ROOT = get_path("MEDIA_ROOT", VAR_DIR / "media")
 # Directories video files may be read from; uploads land in MEDIA_ROOT.
 DETECTION_VIDEO_DIRS = get_paths("DETECTION_VIDEO_DIRS", [MEDIA_ROOT])
 # Outbound requests (docs/security.md, "Outbound requests: the trust model"): networks that
-# cameras and webhooks may reach besides their defaults (cameras: the LAN; webhooks: public
-# addresses). Loopback is open while debugging, as ALLOWED_HOSTS is; never cloud metadata.
-_DEBUG_NETWORKS = ["127.0.0.0/8", "::1/128"] if DEBUG else []
+# cameras and webhooks may reach besides their defaults (cameras: the LAN and public
+# addresses; webhooks: public addresses only). Cameras on loopback are open while debugging
+# (a local test stream with `make run`), as ALLOWED_HOSTS is; webhooks never by default, not
+# even then: a webhook that reaches the portal's own services is the classic SSRF. Cloud
+# metadata is refused whatever these list.
 DETECTION_CAMERA_ALLOWED_NETWORKS = get_networks(
-    "DETECTION_CAMERA_ALLOWED_NETWORKS", _DEBUG_NETWORKS
+    "DETECTION_CAMERA_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"] if DEBUG else []
 )
-DETECTION_WEBHOOK_ALLOWED_NETWORKS = get_networks(
-    "DETECTION_WEBHOOK_ALLOWED_NETWORKS", _DEBUG_NETWORKS
-)
+DETECTION_WEBHOOK_ALLOWED_NETWORKS = get_networks("DETECTION_WEBHOOK_ALLOWED_NETWORKS", [])
 # open_clip model name, or hf-hub:org/repo, local-dir:/path, /path/to/config.json.
 DETECTION_MODEL = get_str("DETECTION_MODEL", "ViT-B-16")
 # An open_clip pretrained tag, a path to a checkpoint file, or "none" (random weights:

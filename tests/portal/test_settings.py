@@ -54,6 +54,8 @@ print(json.dumps({
     "VIDEO_DIRS": [str(p) for p in settings.DETECTION_VIDEO_DIRS],
     "MEDIA_ROOT": str(settings.MEDIA_ROOT),
     "LOGIT_SCALE": settings.DETECTION_LOGIT_SCALE,
+    "CAMERA_NETWORKS": [str(n) for n in settings.DETECTION_CAMERA_ALLOWED_NETWORKS],
+    "WEBHOOK_NETWORKS": [str(n) for n in settings.DETECTION_WEBHOOK_ALLOWED_NETWORKS],
     "BATCH": settings.DETECTION_BATCH_SIZE,
     "DEVICE": settings.DETECTION_DEVICE,
     "CACHE_DIR": None if settings.DETECTION_CACHE_DIR is None
@@ -384,3 +386,11 @@ def test_it_round_trips_a_message_through_the_redis_channel_layer(tmp_path):
     result = _run([*_SHELL, code], _clean_env(tmp_path, REDIS_URL=REDIS_URL))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["RedisChannelLayer", "42"]
+
+
+@pytest.mark.parametrize("debug", ["true", "false"])
+def test_it_opens_loopback_to_cameras_only_while_debugging_and_never_to_webhooks(tmp_path, debug):
+    production = {"DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_ALLOWED_HOSTS": "x.org"}
+    values = _settings(tmp_path, DJANGO_DEBUG=debug, **production)
+    assert values["CAMERA_NETWORKS"] == (["127.0.0.0/8", "::1/128"] if debug == "true" else [])
+    assert values["WEBHOOK_NETWORKS"] == []
