@@ -363,6 +363,17 @@ class IncidentAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         ("Acknowledgement", {"fields": ("acknowledged_by", "acknowledged_at", "note")}),
     )
 
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets  # a hand-made incident may get an image uploaded
+        # Shown read-only, the file field would link to its MEDIA_URL, which nothing serves
+        # (every file goes through an access-checked view): the preview links to that view.
+        return [
+            (name, {**opts, "fields": [f for f in opts["fields"] if f != "thumbnail"]})
+            for name, opts in fieldsets
+        ]
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         # Incidents are the worker's record: once one exists only the note is editable.
         # On the add page (an incident recorded by hand) the facts are still open.

@@ -104,6 +104,8 @@ def test_it_previews_the_thumbnail_in_the_admin_with_an_image_that_loads(inciden
     sources = [s for s in image_sources(page) if "thumbnail" in s]
     assert sources == [incident.thumbnail_url]
     assert_is_the_thumbnail(admin_client.get(sources[0]), incident)
+    # No link to the file's MEDIA_URL, which nothing serves.
+    assert f"/media/{incident.thumbnail.name}" not in page
 
 
 def test_it_changes_the_url_when_the_worker_replaces_the_thumbnail():
