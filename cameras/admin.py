@@ -43,7 +43,8 @@ class ScopedToVisibleCameras(admin.ModelAdmin):
         return self.scope(request, super().get_queryset(request))
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any):
-        related = self.admin_site._registry.get(db_field.related_model)
+        model = db_field.related_model
+        related = self.admin_site.is_registered(model) and self.admin_site.get_model_admin(model)
         if isinstance(related, ScopedToVisibleCameras) and "queryset" not in kwargs:
             kwargs["queryset"] = related.scope(request, db_field.related_model._default_manager)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)

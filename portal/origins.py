@@ -13,25 +13,25 @@ that Origin (`_origin_verified`, Django 5.2):
 - or it is in CSRF_TRUSTED_ORIGINS, exactly or, for an entry with `*`, as a subdomain
   with the same scheme and port.
 
-Host and scheme come from Django's own `HttpRequest.get_host()` and `is_secure()`, so the
-two checks cannot drift apart. A handshake without an Origin is refused: browsers always
-send one. Settings are read on every handshake (they are cheap to read, and tests
-override them).
+The check is Django's own method, on the handshake seen as an `ASGIRequest`, so the two
+checks cannot drift apart (`_origin_verified` is private: Django is pinned below 5.3, and
+tests/live/test_consumers.py pins the behaviour). A handshake without an Origin is
+refused: browsers always send one. Settings are read on every handshake (they are cheap
+to read, and tests override them).
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from channels.security.websocket import WebsocketDenier
-from django.conf import settings
 from django.core.exceptions import DisallowedHost
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest
-from django.utils.http import is_same_domain
+from django.middleware.csrf import CsrfViewMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +39,17 @@ Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
 
 
-def handshake_meta(scope: Scope) -> dict[str, str]:
-    """The handshake's headers and server address as ASGIRequest puts them in META."""
-    server = scope.get("server") or ("unknown", "0")
-    meta = {"SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1])}
-    headers: defaultdict[str, list[str]] = defaultdict(list)
-    for name, value in scope.get("headers", []):
-        headers["HTTP_" + name.decode("latin1").upper().replace("-", "_")].append(
-            value.decode("latin1")
-        )
-    # A repeated header is joined, as Django does: two Origins never equal a valid one.
-    meta.update({key: ",".join(values) for key, values in headers.items()})
-    return meta
-
-
-class HandshakeRequest(HttpRequest):
-    """A websocket handshake seen as Django's request, for `get_host()` and `is_secure()`."""
+class HandshakeRequest(ASGIRequest):
+    """A websocket handshake seen as Django's request (META built by Django from the scope),
+    for `get_host()`, `is_secure()` and the CSRF middleware's origin check."""
 
     def __init__(self, scope: Scope) -> None:
-        super().__init__()
-        self.META = handshake_meta(scope)
-        self._socket_scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
+        super().__init__({**scope, "method": "GET"}, io.BytesIO())
 
     def _get_scheme(self) -> str:
-        # Used unless SECURE_PROXY_SSL_HEADER is set and its header present.
-        return self._socket_scheme
+        # Used unless SECURE_PROXY_SSL_HEADER is set and its header present; ASGIRequest's
+        # own would answer "ws" or "wss".
+        return "https" if self.scope.get("scheme") in ("wss", "https") else "http"
 
 
 def own_origin(request: HttpRequest) -> str | None:
@@ -75,27 +61,12 @@ def own_origin(request: HttpRequest) -> str | None:
     return f"{'https' if request.is_secure() else 'http'}://{host}"
 
 
-def trusted(origin: str, trusted_origins: Iterable[str]) -> bool:
-    """Whether CSRF_TRUSTED_ORIGINS lists `origin`, exactly or as `scheme://*.domain`."""
-    patterns = list(trusted_origins)
-    if origin in {p for p in patterns if "*" not in p}:
-        return True
-    try:
-        parsed = urlsplit(origin)
-    except ValueError:
-        return False
-    return any(
-        pattern.scheme == parsed.scheme
-        and is_same_domain(parsed.netloc, pattern.netloc.lstrip("*"))
-        for pattern in (urlsplit(p) for p in patterns if "*" in p)
-    )
-
-
 def origin_allowed(request: HttpRequest) -> bool:
-    origin = request.META.get("HTTP_ORIGIN")
-    if not origin:
+    """Django's own rule (CsrfViewMiddleware._origin_verified), built afresh per handshake
+    so that settings are read as they are now; a handshake without an Origin is refused."""
+    if not request.META.get("HTTP_ORIGIN"):
         return False
-    return origin == own_origin(request) or trusted(origin, settings.CSRF_TRUSTED_ORIGINS)
+    return CsrfViewMiddleware(lambda request: None)._origin_verified(request)
 
 
 class OriginValidator:

@@ -135,14 +135,6 @@ class NetworkPolicy:
     refused: tuple[tuple[tuple[IPNetwork, ...], str], ...]
     allowed: tuple[IPNetwork, ...] = ()
 
-    def refusal(self, address: IPAddress) -> str | None:
-        """Why `address` may not be reached ("127.0.0.1 is a loopback address, ..."), or None."""
-        found = self._refused(address)
-        if found is None:
-            return None
-        shown, reason = found
-        return f"{shown} is {reason}"
-
     def _refused(self, address: IPAddress) -> tuple[str, str] | None:
         """(the address as shown, the reason) when it is refused."""
         inner = embedded_ipv4(address)

@@ -237,15 +237,15 @@ class NormalityModel:
         embeddings = self._check(embeddings)
         if not self.calibrations:
             raise ValueError("nothing learned yet: learn() normal frames first")
+        closeness = [m.closeness(embeddings[:, v]) for v, m in enumerate(self.normal)]
         per_view = [
-            cal.score(m.novelty(embeddings[:, v]))
-            for v, (m, cal) in enumerate(zip(self.normal, self.calibrations, strict=True))
+            cal.score(1.0 - near) for near, cal in zip(closeness, self.calibrations, strict=True)
         ]
         score = np.max(np.stack(per_view, axis=1), axis=1)
         if len(self.anomalies):
             # Closer to a confirmed anomaly than to anything normal: at least that close.
             near_anomaly = self.anomalies.closeness(embeddings[:, 0])
-            near_normal = self.normal[0].closeness(embeddings[:, 0])
+            near_normal = closeness[0]
             trigger = np.where(near_anomaly > near_normal, near_anomaly, 0.0)
             score = np.maximum(score, np.clip(trigger, 0.0, 1.0))
         return score.astype(np.float32)

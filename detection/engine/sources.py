@@ -156,11 +156,6 @@ def _stream_target(url: object, policy: NetworkPolicy) -> Target:
     return target
 
 
-def check_stream_url(url: str, policy: NetworkPolicy | None = None) -> str:
-    """Return the stripped URL if it passes the stream URL rule (no DNS lookup here)."""
-    return _stream_target(url, policy or _default_policy()).url
-
-
 class _Ended(Exception):
     """Raised by `_read` when a source ends for good; a message means it failed."""
 

@@ -263,8 +263,7 @@ class TokenBucket:
 class AnalysisConsumer(AsyncJsonWebsocketConsumer):
     analysis_id: int
     user: Any = None  # the socket's user, as last checked
-    group: str = ""
-    closing: bool = False
+    group: str = ""  # the group joined; "" before joining and once closing
     recheck: asyncio.Task[None] | None = None
     answering: asyncio.Task[None] | None = None  # the resync being answered
     wanted: int | None = None  # the next resync to answer: the smallest `after` asked for
@@ -280,12 +279,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         except UNAVAILABLE_ERRORS as exc:
             # Raised while receiving from the layer (Redis died under daphne) or in a
             # handler. Without this, daphne logs a traceback per socket.
-            log.warning(
-                "socket closed: live feed of analysis %s unavailable (%s): %s",
-                getattr(self, "analysis_id", "?"),
-                type(exc).__name__,
-                exc,
-            )
+            self._log_unavailable(exc)
             # The socket may be gone already; closing it is then a no-op.
             await send({"type": "websocket.close", "code": CLOSE_UNAVAILABLE})
         finally:
@@ -330,6 +324,14 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         await self._send_snapshot(message)
         self.recheck = asyncio.create_task(self._guarded("re-check", self._recheck_loop))
 
+    def _log_unavailable(self, exc: BaseException) -> None:
+        log.warning(
+            "socket closed: live feed of analysis %s unavailable (%s): %s",
+            getattr(self, "analysis_id", "?"),
+            type(exc).__name__,
+            exc,
+        )
+
     def _peer(self) -> str:
         client = self.scope.get("client") or ("?", 0)
         return f"{client[0]}:{client[1]}"
@@ -373,7 +375,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         await super().dispatch(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.closing:
+        if not self.group:  # closing: nothing is answered any more
             return
         if not self.requests.available():
             await self._close_abusive(
@@ -407,7 +409,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             self.answering = asyncio.create_task(self._guarded("resync", self._answer_resyncs))
 
     async def _answer_resyncs(self) -> None:
-        while self.wanted is not None and not self.closing:
+        while self.wanted is not None and self.group:
             after, self.wanted = self.wanted, None
             if not self.snapshot_bytes.available():
                 await self._close_abusive(
@@ -416,10 +418,10 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
                 )
                 return
             message = await database_sync_to_async(snapshot)(self.user, self.analysis_id, after)
-            if self.closing:
+            if not self.group:  # closed while the snapshot was read
                 return
             if message is None:
-                await self._refuse()
+                await self._close(CLOSE_FORBIDDEN)
                 return
             await self._send_snapshot(message)
 
@@ -443,12 +445,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         try:
             await work()
         except UNAVAILABLE_ERRORS as exc:
-            log.warning(
-                "socket closed: live feed of analysis %s unavailable (%s): %s",
-                self.analysis_id,
-                type(exc).__name__,
-                exc,
-            )
+            self._log_unavailable(exc)
             await self._close(CLOSE_UNAVAILABLE)
         except Exception:
             log.exception(
@@ -474,7 +471,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
                     self.analysis_id,
                     self._peer(),
                 )
-                await self._refuse()
+                await self._close(CLOSE_FORBIDDEN)
                 return
             self.user = user  # later snapshots see its current groups and flags
             # Idempotent; restores a membership that a restarted Redis forgot or that
@@ -500,9 +497,6 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         if stored_status == now[1] and stored_status != self.sent_status:
             await self._relay("status", status_message(now[1]))
 
-    async def _refuse(self) -> None:
-        await self._close(CLOSE_FORBIDDEN)
-
     async def _close_abusive(self, what: str) -> None:
         # WARNING: one client flooding the server is what an operator wants to notice.
         log.warning(
@@ -517,8 +511,8 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         await self._close(CLOSE_TOO_MANY_REQUESTS)
 
     async def _close(self, code: int) -> None:
-        # Nothing is sent or answered after this, even by a task already under way.
-        self.closing = True
+        # Nothing is sent or answered after this, even by a task already under way: leaving
+        # the group empties `group` before its first await, and every sender checks it.
         await self._leave_group()
         await self.close(code=code)
 

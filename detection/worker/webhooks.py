@@ -133,7 +133,8 @@ def _post(target: Target, addresses: tuple[IPAddress, ...], body: bytes) -> tupl
 def _connect_to(addresses: tuple[IPAddress, ...]):
     """A stand-in for `socket.create_connection` that connects to the checked addresses.
 
-    No resolver is involved: the socket connects to each address in turn, as given.
+    No resolver is involved: the socket connects to each address in turn, as given
+    (`socket.create_connection` would call getaddrinfo even for an IP literal).
     """
 
     def create_connection(

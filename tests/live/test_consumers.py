@@ -324,6 +324,19 @@ async def test_it_ignores_deeply_nested_json(world, caplog):
 PROXY_SSL = {"SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https")}
 
 
+async def connect_from(world, settings, host, origin, extra, overrides):
+    """The viewer's handshake with this Host and Origin, under these settings."""
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    return await connect(
+        world["analysis"].pk,
+        world["viewer"],
+        origin=(b"origin", origin),
+        host=(b"host", host),
+        extra=extra,
+    )
+
+
 @pytest.mark.parametrize(
     ("host", "origin", "extra", "overrides"),
     [
@@ -359,15 +372,7 @@ PROXY_SSL = {"SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https")}
 async def test_it_refuses_an_origin_on_another_port_scheme_or_host(
     world, settings, host, origin, extra, overrides
 ):
-    for name, value in overrides.items():
-        setattr(settings, name, value)
-    _, connected = await connect(
-        world["analysis"].pk,
-        world["viewer"],
-        origin=(b"origin", origin),
-        host=(b"host", host),
-        extra=extra,
-    )
+    _, connected = await connect_from(world, settings, host, origin, extra, overrides)
     assert connected is False
     assert_no_group_joined(world["analysis"].pk)
 
@@ -402,15 +407,7 @@ async def test_it_refuses_an_origin_on_another_port_scheme_or_host(
 async def test_it_accepts_its_own_origin_port_included_or_a_trusted_one(
     world, settings, host, origin, extra, overrides
 ):
-    for name, value in overrides.items():
-        setattr(settings, name, value)
-    ws, connected = await connect(
-        world["analysis"].pk,
-        world["viewer"],
-        origin=(b"origin", origin),
-        host=(b"host", host),
-        extra=extra,
-    )
+    ws, connected = await connect_from(world, settings, host, origin, extra, overrides)
     assert connected is True
     assert (await ws.receive_json_from(timeout=5))["type"] == "snapshot"
     await ws.disconnect()

@@ -242,6 +242,12 @@ def zeros(tmp_path: Path) -> Path:
     return sparse(tmp_path / "zeros.bin", BIG)
 
 
+def assert_bounded(measured: Measured) -> None:
+    """The server's peak memory grew less than GROWTH_LIMIT and it keeps no body file open."""
+    assert measured.growth < GROWTH_LIMIT
+    assert measured.temporary_files == []
+
+
 # --- daphne portal.asgi:application -----------------------------------------------------
 
 
@@ -254,8 +260,7 @@ def test_it_bounds_memory_for_a_huge_multipart_body_to_a_missing_page(server_env
         measured = measure(server, send)
 
     assert measured.reply.status == 404
-    assert measured.growth < GROWTH_LIMIT
-    assert measured.temporary_files == []
+    assert_bounded(measured)
 
 
 def test_it_bounds_memory_for_a_huge_urlencoded_body(server_env, tmp_path, zeros):
@@ -269,8 +274,7 @@ def test_it_bounds_memory_for_a_huge_urlencoded_body(server_env, tmp_path, zeros
         measured = measure(server, send)
 
     assert measured.reply.status == 404
-    assert measured.growth < GROWTH_LIMIT
-    assert measured.temporary_files == []
+    assert_bounded(measured)
 
 
 def test_it_bounds_memory_for_a_body_sent_with_a_websocket_handshake(server_env, tmp_path, zeros):
@@ -294,8 +298,7 @@ def test_it_bounds_memory_for_a_body_sent_with_a_websocket_handshake(server_env,
         measured = measure(server, send)
 
     assert measured.reply.status in (101, 403)  # answered: upgraded, or refused (no origin)
-    assert measured.growth < GROWTH_LIMIT
-    assert measured.temporary_files == []
+    assert_bounded(measured)
 
 
 def test_it_bounds_memory_for_a_huge_upload_from_a_logged_out_client(server_env, tmp_path, zeros):
@@ -308,8 +311,7 @@ def test_it_bounds_memory_for_a_huge_upload_from_a_logged_out_client(server_env,
 
     assert measured.reply.status == 302
     assert measured.reply.headers["Location"] == "/accounts/login/?next=/upload/"
-    assert measured.growth < GROWTH_LIMIT
-    assert measured.temporary_files == []
+    assert_bounded(measured)
 
 
 def test_it_refuses_a_huge_upload_over_the_cap_with_bounded_memory(server_env, tmp_path, zeros):
@@ -326,8 +328,7 @@ def test_it_refuses_a_huge_upload_over_the_cap_with_bounded_memory(server_env, t
         f"the file is larger than the upload limit of {CAP_MB} MB (DETECTION_MAX_UPLOAD_MB)"
         in measured.reply.text
     )
-    assert measured.growth < GROWTH_LIMIT
-    assert measured.temporary_files == []
+    assert_bounded(measured)
     assert Analysis.objects.count() == 0
     assert [p for p in Path(server_env["MEDIA_ROOT"]).rglob("*") if p.is_file()] == []
 
@@ -423,5 +424,4 @@ def test_it_bounds_memory_under_runserver_too(server_env, tmp_path, zeros):
         measured = measure(server, send)
 
     assert measured.reply.status == 404
-    assert measured.growth < GROWTH_LIMIT
-    assert measured.temporary_files == []
+    assert_bounded(measured)

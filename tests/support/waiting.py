@@ -23,11 +23,29 @@ class WaitTimeout(AssertionError):
     """The condition did not hold in time."""
 
 
-def _timed_out(what: str, timeout: float, detail: Callable[[], str] | None) -> WaitTimeout:
-    message = f"timed out after {timeout} s waiting for {what}"
-    if detail is not None:
-        message += f". {detail()}"
-    return WaitTimeout(message)
+class _Poll:
+    """One check of a condition, failing with WaitTimeout once its time is up."""
+
+    def __init__(
+        self,
+        condition: Callable[[], T],
+        timeout: float,
+        what: str,
+        detail: Callable[[], str] | None,
+    ) -> None:
+        self.condition, self.timeout, self.what, self.detail = condition, timeout, what, detail
+        self.end = time.monotonic() + timeout
+
+    def __call__(self) -> T | None:
+        value = self.condition()
+        if value:
+            return value
+        if time.monotonic() > self.end:
+            message = f"timed out after {self.timeout} s waiting for {self.what}"
+            if self.detail is not None:
+                message += f". {self.detail()}"
+            raise WaitTimeout(message)
+        return None
 
 
 def wait_until(
@@ -39,14 +57,10 @@ def wait_until(
     every: float = 0.05,
 ) -> T:
     """Poll `condition` until it returns something truthy; return that value."""
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise _timed_out(what, timeout, detail)
+    poll = _Poll(condition, timeout, what, detail)
+    while not (value := poll()):
         time.sleep(every)
+    return value
 
 
 async def wait_until_async(
@@ -58,11 +72,7 @@ async def wait_until_async(
     every: float = 0.05,
 ) -> T:
     """`wait_until` for a coroutine: sleeps with asyncio, so the event loop keeps running."""
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise _timed_out(what, timeout, detail)
+    poll = _Poll(condition, timeout, what, detail)
+    while not (value := poll()):
         await asyncio.sleep(every)
+    return value
