@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from .engine import (
     score_video,
     validate_sampling_fps,
 )
+from .engine.detector import AUTO, Detector, parse_learn_seconds, parse_mode
+from .engine.examples import embed_examples
 from .engine.images import ImageInput
 from .engine.pipeline import Stopwatch, run_metadata
 from .engine.prompts import Prompts, normalize_prompts
@@ -60,6 +62,8 @@ __all__ = [
 ]
 
 DEFAULT_THRESHOLD = 0.6
+Threshold = float | str  # a number in (0, 1), or "auto"
+Examples = Sequence[str | Path]
 Progress = Callable[[int, int], None]  # (frames decoded, frames expected or 0 if unknown)
 
 
@@ -76,7 +80,9 @@ def _configured() -> tuple[ModelSpec, int, float | None]:
     return conf.model_spec(), conf.batch_size(), conf.logit_scale()
 
 
-def _check_threshold(threshold: float) -> float:
+def _check_threshold(threshold: Threshold, *, auto: bool = False) -> Threshold:
+    if auto and threshold == AUTO:
+        return AUTO
     try:
         value = float(threshold)
     except (TypeError, ValueError):
@@ -90,8 +96,46 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"status": "Error", "error_message": str(exc), "data": [], "metadata": {}}
 
 
-def _label(score: float, threshold: float) -> str:
+def _label(score: float, threshold: float, learning: bool = False) -> str:
+    if learning:
+        return "Learning"
     return "Anomaly" if score >= threshold else "Normal"
+
+
+def _detector(
+    scorer: Scorer,
+    mode: str,
+    learn_seconds: float,
+    threshold: Threshold,
+    normal_examples: Examples,
+    anomaly_examples: Examples,
+    batch_size: int,
+) -> Detector:
+    """A detector with the caller's examples embedded (examples need a normality mode)."""
+    detector = Detector(scorer, parse_mode(mode), parse_learn_seconds(learn_seconds), threshold)
+    if (normal_examples or anomaly_examples) and not detector.uses_normality:
+        raise EngineError(
+            "examples are compared image to image: use mode normality or combined "
+            f"(mode is {detector.mode.value})"
+        )
+    if detector.uses_normality:
+        loaded = scorer.loaded
+        normal = embed_examples(loaded, normal_examples, batch_size)
+        anomalies = embed_examples(loaded, anomaly_examples, batch_size)
+        detector.set_examples(normal, anomalies)
+        if detector.learn_seconds == 0 and not len(normal):
+            raise EngineError(
+                f"mode {detector.mode.value} needs a normal to compare with: give learning "
+                "seconds or normal examples"
+            )
+    return detector
+
+
+def _check_examples(*groups: Examples) -> None:
+    for paths in groups:
+        for path in paths:
+            if not Path(path).is_file():
+                raise MediaError(f"{path}: example file not found")
 
 
 def analyze_image(
@@ -99,19 +143,27 @@ def analyze_image(
     normal_prompts: Prompts,
     anomaly_prompts: Prompts,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     logit_scale: float | None = None,
     localize: bool = False,
     spec: ModelSpec | None = None,
+    mode: str = "prompts",
+    normal_examples: Examples = (),
+    anomaly_examples: Examples = (),
 ) -> dict[str, Any]:
     """Score one image (path, bytes, PIL image or BGR array; format read from content).
 
     Returns `{"status", "normal", "anomaly", "score", "label", ...}`: raw cosine similarities
     to each prompt ensemble, the probability of anomaly and Normal/Anomaly at `threshold`.
+    With `mode` normality or combined, the image is compared with the normal examples
+    (images or clips) and any anomaly examples; `prompt_score` and `novelty` say what went
+    into `score`.
     """
     try:
-        threshold = _check_threshold(threshold)
-        default_spec, _, default_scale = _configured()
+        threshold = _check_threshold(threshold, auto=True)
+        parse_mode(mode)
+        _check_examples(normal_examples, anomaly_examples)
+        default_spec, default_batch, default_scale = _configured()
         frame = load_image(image)
         loaded = load_model(spec or default_spec)
         scorer = Scorer(
@@ -120,16 +172,24 @@ def analyze_image(
             anomaly_prompts,
             logit_scale if logit_scale is not None else default_scale,
         )
-        result = scorer.score_frames([frame])
-        score = float(result.score[0])
+        detector = _detector(
+            scorer, mode, 0.0, threshold, normal_examples, anomaly_examples, default_batch
+        )
+        point = detector.decide([0.0], *detector.encode([detector.prepare(frame)]))[0]
+        score = point.score
+        threshold = detector.threshold_in_use
         out: dict[str, Any] = {
             "status": "Success",
             "error_message": None,
-            "normal": float(result.normal[0]),
-            "anomaly": float(result.anomaly[0]),
+            "normal": point.normal,
+            "anomaly": point.anomaly,
             "score": score,
+            "prompt_score": point.prompt_score,
+            "novelty": point.novelty,
             "label": _label(score, threshold),
             "threshold": threshold,
+            **detector.describe(),
+            "warnings": list(detector.warnings),
             "logit_scale": scorer.logit_scale,
             "width": int(frame.shape[1]),
             "height": int(frame.shape[0]),
@@ -161,23 +221,37 @@ def analyze_video(
     prompt_anomaly: Prompts,
     sampling_rate_fps: float = 1.0,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     skip_black_frames: bool = True,
     black_level: float = DEFAULT_BLACK_LEVEL,
     batch_size: int | None = None,
     logit_scale: float | None = None,
     spec: ModelSpec | None = None,
     progress: Progress | None = None,
+    mode: str = "prompts",
+    learn_seconds: float = 0.0,
+    normal_examples: Examples = (),
+    anomaly_examples: Examples = (),
 ) -> dict[str, Any]:
     """Score a video file at `sampling_rate_fps`; the prototype's result dictionary.
 
     `data` holds one item per scored frame: `time_s`, `frame_index`, `score` (probability of
     anomaly), `normal`/`anomaly` (raw cosine similarities) and `label`. `metadata` holds the
     prototype's statistics plus what decoding found (`header_mismatch`, `ended_early`, ...).
+
+    `mode` (prompts, normality, combined), `learn_seconds` (the first seconds are learned as
+    normal, never anomalies: `learning` is true on their points), `normal_examples` and
+    `anomaly_examples` (image or clip paths) and `threshold="auto"` teach it the camera's
+    normal: see detection/engine/detector.py. Points gain `prompt_score` and `novelty`;
+    metadata gains `mode`, `learned_frames`, `anomaly_threshold` (the one used) and
+    `auto_threshold`.
     """
     clock = Stopwatch()
     try:
-        threshold = _check_threshold(threshold)
+        threshold = _check_threshold(threshold, auto=True)
+        parse_mode(mode)
+        parse_learn_seconds(learn_seconds)
+        _check_examples(normal_examples, anomaly_examples)
         default_spec, default_batch, default_scale = _configured()
         validate_sampling_fps(sampling_rate_fps)
         batch_size = int(batch_size or default_batch)
@@ -192,6 +266,15 @@ def analyze_video(
                 prompt_anomaly,
                 logit_scale if logit_scale is not None else default_scale,
             )
+            detector = _detector(
+                scorer,
+                mode,
+                learn_seconds,
+                threshold,
+                normal_examples,
+                anomaly_examples,
+                batch_size,
+            )
 
             def report(stats: VideoStats) -> None:
                 if progress is not None:
@@ -201,7 +284,7 @@ def analyze_video(
                 f
                 for batch in score_video(
                     reader,
-                    scorer,
+                    detector,
                     sampling_rate_fps,
                     batch_size=batch_size,
                     skip_black=skip_black_frames,
@@ -217,19 +300,30 @@ def analyze_video(
         return _error(MediaError(f"{video_path}: OpenCV could not decode the video: {exc.msg}"))
 
     seconds = clock.seconds
+    threshold = detector.threshold_in_use
+    if frames and all(f.learning for f in frames):
+        detector.warnings.append(
+            f"the video ended within the learning period ({detector.learn_seconds:g} s): "
+            "every frame was learned as normal, none was judged"
+        )
     data = [
         {
             "time_s": f.time_s,
             "frame_index": f.frame_index,
             "score": f.score,
+            "prompt_score": f.prompt_score,
+            "novelty": f.novelty,
+            "learning": f.learning,
             "normal": f.normal,
             "anomaly": f.anomaly,
-            "label": _label(f.score, threshold),
+            "label": _label(f.score, threshold, f.learning),
         }
         for f in frames
     ]
     metadata: dict[str, Any] = {
         **run_metadata(stats, frames, threshold, scorer),
+        **detector.describe(),
+        "warnings": [*stats.warnings, *detector.warnings],
         "sampling_rate_fps": float(sampling_rate_fps),
         "skip_black_frames": skip_black_frames,
         "batch_size": batch_size,

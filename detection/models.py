@@ -14,7 +14,7 @@ from django.urls import reverse
 from cameras.models import Camera
 
 from . import validators
-from .engine.limits import split_prompts
+from .engine.limits import MAX_LEARN_SECONDS, split_prompts
 
 
 class Analysis(models.Model):
@@ -40,10 +40,34 @@ class Analysis(models.Model):
         validators=[validators.prompt_lines],
         help_text="What an anomaly looks like; one prompt per line (an ensemble).",
     )
+
+    class Mode(models.TextChoices):
+        PROMPTS = "prompts", "Prompts (the prototype's score)"
+        NORMALITY = "normality", "Normality (distance to the learned normal)"
+        COMBINED = "combined", "Combined (the larger of both)"
+
     threshold = models.FloatField(
         default=0.6,
         validators=[validators.open_unit_interval],
         help_text="A frame is anomalous when its score is at or above this (0-1).",
+    )
+    mode = models.CharField(
+        max_length=10,
+        choices=Mode.choices,
+        default=Mode.PROMPTS,
+        help_text="How a frame is scored: by the prompts, by its distance to what this "
+        "camera learned as normal, or both.",
+    )
+    learning_seconds = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(MAX_LEARN_SECONDS)],
+        help_text="Learn the first seconds as this camera's normal; they never raise "
+        "incidents. 0 = no learning.",
+    )
+    auto_threshold = models.BooleanField(
+        default=False,
+        help_text="Derive the threshold from what was learned (the number above is then "
+        "ignored; the one in use is shown on the analysis page).",
     )
     sampling_fps = models.FloatField(
         default=1.0, validators=[validators.sampling_fps], help_text="Frames scored per second."
@@ -139,8 +163,17 @@ class Analysis(models.Model):
         return split_prompts(self.normal_prompts if which == "normal" else self.anomaly_prompts)
 
     @property
+    def threshold_in_use(self) -> float:
+        """The fixed threshold, or the automatic one once the worker derived it."""
+        if self.auto_threshold:
+            used = (self.metadata or {}).get("anomaly_threshold")
+            if isinstance(used, (int, float)):
+                return float(used)
+        return self.threshold
+
+    @property
     def is_anomalous(self) -> bool | None:
-        return None if self.last_score is None else self.last_score >= self.threshold
+        return None if self.last_score is None else self.last_score >= self.threshold_in_use
 
 
 class FrameScore(models.Model):
@@ -152,6 +185,9 @@ class FrameScore(models.Model):
         "score",
         "normal_similarity",
         "anomaly_similarity",
+        "prompt_score",
+        "novelty",
+        "learning",
     )
     BOX_FIELDS = ("box_x0", "box_y0", "box_x1", "box_y1")
 
@@ -162,6 +198,11 @@ class FrameScore(models.Model):
     score = models.FloatField()
     normal_similarity = models.FloatField()
     anomaly_similarity = models.FloatField()
+    # What went into `score`: the prompts' probability of anomaly and the calibrated novelty
+    # (None where the mode does not compute it, or while learning).
+    prompt_score = models.FloatField(null=True, blank=True)
+    novelty = models.FloatField(null=True, blank=True)
+    learning = models.BooleanField(default=False, help_text="Learned as normal; never judged.")
     # The most anomalous grid cell, in pixels of the frame (localisation only).
     box_x0 = models.PositiveIntegerField(null=True, blank=True)
     box_y0 = models.PositiveIntegerField(null=True, blank=True)
@@ -211,6 +252,23 @@ class Incident(models.Model):
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     note = models.TextField(blank=True)
 
+    class Feedback(models.TextChoices):
+        NONE = "", "None"
+        FALSE_ALARM = "false_alarm", "False alarm"
+        CONFIRMED = "confirmed", "Confirmed anomaly"
+
+    feedback = models.CharField(max_length=12, choices=Feedback.choices, blank=True, default="")
+    feedback_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="incident_feedback",
+    )
+    feedback_at = models.DateTimeField(null=True, blank=True)
+    # Clean JPEGs of the frames around the peak (storage names), for feedback exemplars.
+    frames = models.JSONField(default=list, blank=True)
+
     class Meta:
         ordering = ["-started_at", "-id"]
         indexes = [models.Index(fields=["analysis", "-started_at"], name="incident_recent")]
@@ -237,3 +295,79 @@ class Incident(models.Model):
             return None
         url = reverse("detection:incident_thumbnail", args=[self.pk])
         return f"{url}?v={self.peak_frame_index if self.peak_frame_index is not None else 0}"
+
+
+class Exemplar(models.Model):
+    """An example frame an operator gave: normal (joins the memory) or an anomaly.
+
+    It belongs to a camera (every analysis of it uses it) or to one analysis. The image is
+    kept so the embedding can be recomputed when the configured model changes; the worker
+    embeds it (the web process never loads the model) and records which model did.
+    """
+
+    class Kind(models.TextChoices):
+        NORMAL = "normal", "Normal"
+        ANOMALY = "anomaly", "Anomaly"
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Uploaded image"
+        CLIP = "clip", "Frame of an uploaded clip"
+        FEEDBACK = "feedback", "Incident feedback"
+
+    camera = models.ForeignKey(
+        Camera, null=True, blank=True, on_delete=models.CASCADE, related_name="exemplars"
+    )
+    analysis = models.ForeignKey(
+        Analysis, null=True, blank=True, on_delete=models.CASCADE, related_name="exemplars"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.UPLOAD)
+    image = models.ImageField(upload_to="exemplars/%Y/%m/%d/")
+    embedding = models.BinaryField(null=True, blank=True, editable=False)
+    model_spec = models.CharField(max_length=500, blank=True, editable=False)
+    incident = models.ForeignKey(
+        Incident, null=True, blank=True, on_delete=models.SET_NULL, related_name="exemplars"
+    )
+    frame_index = models.BigIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="exemplars",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(camera__isnull=False, analysis__isnull=True)
+                | models.Q(camera__isnull=True, analysis__isnull=False),
+                name="exemplar_camera_or_analysis",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} example {self.pk}"
+
+    @property
+    def owner_camera_id(self) -> int:
+        return self.camera_id if self.camera_id else self.analysis.camera_id
+
+
+class LearnedMemory(models.Model):
+    """What an analysis learned in its learning period, so a resumed run does not relearn.
+
+    `data` is detection.engine.detector's npz (bounded: at most the memory's capacity per
+    view); `model_spec` says which model's embeddings they are.
+    """
+
+    analysis = models.OneToOneField(Analysis, on_delete=models.CASCADE, related_name="memory")
+    model_spec = models.CharField(max_length=500)
+    frames = models.PositiveIntegerField(default=0)
+    data = models.BinaryField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Memory of analysis {self.analysis_id} ({self.frames} frames)"

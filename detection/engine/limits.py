@@ -14,6 +14,8 @@ from typing import Literal
 MAX_PROMPTS_PER_CLASS = 64
 MAX_PROMPT_CHARS = 1000  # one prompt; CLIP reads ~77 tokens, far fewer characters
 MAX_SAMPLING_FPS = 120.0
+MAX_LEARN_SECONDS = 24 * 3600.0  # a day of learning is plenty; the memory is bounded anyway
+MODES = ("prompts", "normality", "combined")  # how a frame is scored (engine.detector)
 
 
 def split_prompts(text: str | None) -> list[str]:

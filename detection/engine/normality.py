@@ -216,6 +216,10 @@ class NormalityModel:
         embeddings = self._check(embeddings)
         for view, memory in enumerate(self.normal):
             memory.add(embeddings[:, view])
+        self.recalibrate()
+
+    def recalibrate(self) -> None:
+        """Calibrate every view against its memory's held-out novelties."""
         references = [m.held_out() for m in self.normal]
         spreads = [Calibration.from_reference(r).spread for r in references]
         # The views' median spread is the floor of each view's (see Calibration).

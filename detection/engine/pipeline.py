@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .preprocess import fit_frame, to_tensor
+from .detector import Detector
 from .scoring import Scorer
 from .video import DEFAULT_BLACK_LEVEL, VideoReader, VideoStats
 
@@ -69,18 +69,21 @@ class ScoredFrame:
     score: float
     normal: float
     anomaly: float
+    prompt_score: float | None = None
+    novelty: float | None = None
+    learning: bool = False
 
 
 def _batches(
     reader: VideoReader,
-    scorer: Scorer,
+    detector: Detector,
     sampling_fps: float,
     batch_size: int,
     skip_black: bool,
     black_level: float,
     start_index: int,
     on_progress: Callable[[VideoStats], None] | None,
-) -> Iterator[tuple[list[Any], Any]]:
+) -> Iterator[list[Any]]:
     frames = reader.frames(
         sampling_fps,
         start_index=start_index,
@@ -91,17 +94,17 @@ def _batches(
     batch: list[Any] = []
     for frame in frames:
         # Fit to model size in the decoder thread: the model thread gets small arrays.
-        batch.append((frame.index, frame.time_s, fit_frame(frame.image, scorer.loaded.preprocess)))
+        batch.append((frame.index, frame.time_s, detector.prepare(frame.image)))
         if len(batch) == batch_size:
-            yield batch, np.stack([b[2] for b in batch])
+            yield batch
             batch = []
     if batch:
-        yield batch, np.stack([b[2] for b in batch])
+        yield batch
 
 
 def score_video(
     reader: VideoReader,
-    scorer: Scorer,
+    detector: Detector | Scorer,
     sampling_fps: float,
     *,
     batch_size: int = 16,
@@ -111,21 +114,33 @@ def score_video(
     on_progress: Callable[[VideoStats], None] | None = None,
 ) -> Iterator[list[ScoredFrame]]:
     """Yield one list of scored frames per batch, in frame order."""
+    if isinstance(detector, Scorer):
+        detector = Detector(detector)
     batches = _batches(
-        reader, scorer, sampling_fps, batch_size, skip_black, black_level, start_index, on_progress
+        reader,
+        detector,
+        sampling_fps,
+        batch_size,
+        skip_black,
+        black_level,
+        start_index,
+        on_progress,
     )
-    for batch, pixels in prefetch(batches):
-        result = scorer.score_tensor(to_tensor(pixels, scorer.loaded))
+    for batch in prefetch(batches):
+        features, views = detector.encode([b[2] for b in batch])
+        points = detector.decide([b[1] for b in batch], features, views)
         yield [
-            ScoredFrame(idx, t, float(s), float(n), float(a))
-            for (idx, t, _), s, n, a in zip(
-                batch, result.score, result.normal, result.anomaly, strict=True
-            )
+            ScoredFrame(idx, t, p.score, p.normal, p.anomaly, p.prompt_score, p.novelty, p.learning)
+            for (idx, t, _), p in zip(batch, points, strict=True)
         ]
+    # A file shorter than the learning time: what it held is the memory.
+    detector.finish_learning()
 
 
 def summarize(frames: list[ScoredFrame], threshold: float) -> dict[str, Any]:
-    """The prototype's statistics over a scored time series."""
+    """The prototype's statistics over a scored time series (learning frames left out: they
+    are never anomalies)."""
+    frames = [f for f in frames if not f.learning]
     if not frames:
         return {
             "max_anomaly_score": None,

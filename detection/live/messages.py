@@ -15,7 +15,17 @@ from typing import Any
 from django.urls import reverse
 
 # A score as pages chart it: FrameScore.SCORE_FIELDS, under the names pages use.
-SCORE_KEYS = ("frame_index", "time_s", "captured_at", "score", "normal", "anomaly")
+SCORE_KEYS = (
+    "frame_index",
+    "time_s",
+    "captured_at",
+    "score",
+    "normal",
+    "anomaly",
+    "prompt_score",
+    "novelty",
+    "learning",
+)
 # What a status message may carry besides `status` (pages update what is present).
 STATUS_KEYS = ("progress", "error_message", "camera_status", "last_error", "reset")
 
@@ -27,9 +37,15 @@ def score_message(
     score: float,
     normal: float,
     anomaly: float,
+    prompt_score: float | None = None,
+    novelty: float | None = None,
+    learning: bool = False,
 ) -> dict[str, Any]:
+    """`prompt_score` and `novelty` say what went into `score`; `learning` frames were
+    learned as normal and are never anomalies (see detection.engine.detector)."""
     values = (frame_index, time_s, captured_at.isoformat() if captured_at else None)
-    return dict(zip(SCORE_KEYS, (*values, score, normal, anomaly), strict=True))
+    extra = (score, normal, anomaly, prompt_score, novelty, bool(learning))
+    return dict(zip(SCORE_KEYS, (*values, *extra), strict=True))
 
 
 def score_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -82,4 +98,5 @@ def incident_message(incident: Any) -> dict[str, Any]:
         if incident.acknowledged_at
         else None,
         "thumbnail_url": incident.thumbnail_url,
+        "feedback": incident.feedback or None,
     }

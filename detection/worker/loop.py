@@ -42,16 +42,18 @@ from django.utils import timezone
 from cameras.models import Camera
 from detection import conf
 from detection.engine import EngineError, LoadedModel, Scorer, VideoReader, load_model, sources
+from detection.engine.detector import AUTO, Detector, Inputs
+from detection.engine.features import encode_fitted
 from detection.engine.motion import MotionGate
 from detection.engine.pipeline import prefetch, run_metadata, summarize
-from detection.engine.preprocess import fit_frame, to_tensor
+from detection.engine.preprocess import to_tensor
 from detection.engine.schedule import Ticker
 from detection.engine.scoring import encode_images
 from detection.engine.video import is_black
 from detection.live import messages
 from detection.live.publisher import ChannelPublisher, Publisher
 from detection.models import Analysis, FrameScore
-from detection.worker import leases
+from detection.worker import leases, memory
 from detection.worker.recording import LeaseLost, Recorder, ScoredItem
 
 # (kind, source, **options) -> a live source, not yet started: `sources.open_source`'s shape.
@@ -79,15 +81,22 @@ class Pending:
     time_s: float
     captured_at: Any
     image: np.ndarray
-    fitted: np.ndarray
+    inputs: Inputs
 
 
 @dataclass(eq=False)
 class Job:
     analysis: Analysis
-    scorer: Scorer
+    detector: Detector
     recorder: Recorder
     done: bool = False
+    # Whether what the learning period taught is saved (or there was nothing to learn).
+    learned_saved: bool = True
+    examples: memory.ExampleWatch = field(default_factory=memory.ExampleWatch)
+
+    @property
+    def scorer(self) -> Scorer:
+        return self.detector.scorer
 
     @property
     def pk(self) -> int:
@@ -203,6 +212,7 @@ class Worker:
         if now >= self._next_poll or (self.once and not self.jobs):
             self._next_poll = now + self.poll_seconds
             did |= self.claim_step()
+            self.examples_step()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + leases.lease_seconds() / 3
             self.heartbeat_step()
@@ -319,12 +329,33 @@ class Worker:
                 pending += self._file_frames(job, share)
         return pending
 
+    def examples_step(self) -> None:
+        """Exemplars added or removed (feedback, the analysis page): reload them, so a
+        running analysis uses them from its next frame, without a restart."""
+        for job in list(self.jobs.values()):
+            if not job.detector.uses_normality:
+                continue
+            if job.examples.changed(memory.exemplars_for(job.analysis)):
+                count = memory.load_examples(job.detector, job.analysis)
+                log.info("analysis %s: %d examples in use", job.pk, count)
+
     def score_step(self, pending: list[Pending]) -> None:
         model = self._model
         assert model is not None
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start : start + self.batch_size]
-            features = encode_images(model, to_tensor([p.fitted for p in chunk], model))
+            # One forward pass per kind of input for the whole chunk, whichever analyses
+            # its frames belong to; each analysis then decides on its own rows.
+            prompt_rows = [r for r, p in enumerate(chunk) if p.inputs.prompt is not None]
+            normality_rows = [r for r, p in enumerate(chunk) if p.inputs.normality is not None]
+            features = views = None
+            if prompt_rows:
+                batch = to_tensor([chunk[r].inputs.prompt for r in prompt_rows], model)
+                features = encode_images(model, batch)
+            if normality_rows:
+                views = encode_fitted(model, [chunk[r].inputs.normality for r in normality_rows])
+            at_prompt = {row: k for k, row in enumerate(prompt_rows)}
+            at_normality = {row: k for k, row in enumerate(normality_rows)}
             self.frames_scored += len(chunk)
             by_job: dict[int, list[int]] = {}
             for row, p in enumerate(chunk):
@@ -333,28 +364,73 @@ class Worker:
                 job = chunk[rows[0]].job
                 if job.pk not in self.jobs:
                     continue  # dropped while this batch was in flight
-                result = job.scorer.score_features(features[rows])
+                job_features = (
+                    features[[at_prompt[r] for r in rows]]
+                    if features is not None and rows[0] in at_prompt
+                    else None
+                )
+                job_views = (
+                    views[[at_normality[r] for r in rows]]
+                    if views is not None and rows[0] in at_normality
+                    else None
+                )
+                try:
+                    points = job.detector.decide(
+                        [chunk[r].time_s for r in rows], job_features, job_views
+                    )
+                except EngineError as exc:  # normality mode with nothing learned
+                    self.jobs.pop(job.pk, None)
+                    job.close()
+                    self._fail(job.pk, str(exc))
+                    continue
                 items = []
-                for k, row in enumerate(rows):
+                for row, point in zip(rows, points, strict=True):
                     p = chunk[row]
-                    score = float(result.score[k])
                     box = None
-                    if job.analysis.localize and score >= job.analysis.threshold:
+                    if (
+                        job.analysis.localize
+                        and not point.learning
+                        and point.score >= job.recorder.threshold
+                    ):
                         box = job.scorer.localize(p.image)
                     items.append(
                         ScoredItem(
                             frame_index=p.frame_index,
                             time_s=p.time_s,
                             captured_at=p.captured_at,
-                            score=score,
-                            normal=float(result.normal[k]),
-                            anomaly=float(result.anomaly[k]),
+                            score=point.score,
+                            normal=point.normal,
+                            anomaly=point.anomaly,
                             image=p.image,
                             box=box,
+                            prompt_score=point.prompt_score,
+                            novelty=point.novelty,
+                            learning=point.learning,
                         )
                     )
                 self.unstored.append((job, items))
+                self._learning_ended(job)
         self.store_step()
+
+    def _learning_ended(self, job: Job) -> None:
+        """Once the learning period is over: save what it taught (a worker taking over
+        resumes with it), and use and show the automatic threshold."""
+        detector = job.detector
+        if job.learned_saved or not detector.learning_done:
+            return
+        job.learned_saved = True
+        memory.save_learned(job.analysis, detector)
+        job.recorder.set_threshold(detector.threshold_in_use)
+        job.analysis.metadata = {**job.analysis.metadata, **detector.describe()}
+        Analysis.objects.filter(pk=job.pk, lease_owner=self.owner).update(
+            metadata=job.analysis.metadata
+        )
+        log.info(
+            "analysis %s: learned %d frames; threshold %.3f",
+            job.pk,
+            len(detector.learned_prompt_scores),
+            detector.threshold_in_use,
+        )
 
     def store_step(self) -> bool:
         """Store what was scored, in order; on a database error the rest waits for a retry."""
@@ -427,24 +503,54 @@ class Worker:
             scorer = Scorer(
                 model, analysis.normal_prompts, analysis.anomaly_prompts, conf.logit_scale()
             )
-            recorder = Recorder(analysis, self.publisher, owner=self.owner)
+            detector, watch, saved = self._detector(analysis, scorer)
+            recorder = Recorder(
+                analysis, self.publisher, owner=self.owner, threshold=detector.threshold_in_use
+            )
             if analysis.camera.kind == Camera.Kind.FILE:
-                job: Job = self._start_file(analysis, scorer, recorder)
+                job: Job = self._start_file(analysis, detector, recorder)
             else:
-                job = self._start_live(analysis, scorer, recorder)
+                job = self._start_live(analysis, detector, recorder)
         except (EngineError, ValueError) as exc:
             self._fail(analysis.pk, str(exc))
             return
+        job.examples, job.learned_saved = watch, saved
         self.jobs[analysis.pk] = job
         log.info("analysis %s (%s): started by %s", analysis.pk, analysis.camera.kind, self.owner)
         self.publisher.publish(analysis.pk, "status", messages.status_message(Status.RUNNING))
+
+    def _detector(
+        self, analysis: Analysis, scorer: Scorer
+    ) -> tuple[Detector, memory.ExampleWatch, bool]:
+        """The analysis's detector, with what it learned before and its examples."""
+        detector = Detector(
+            scorer,
+            analysis.mode,
+            analysis.learning_seconds,
+            AUTO if analysis.auto_threshold else analysis.threshold,
+        )
+        watch = memory.ExampleWatch()
+        saved = detector.learn_seconds == 0
+        if detector.learn_seconds > 0 and memory.restore_learned(analysis, detector):
+            saved = True
+        elif detector.learn_seconds > 0 and FrameScore.objects.filter(analysis=analysis).exists():
+            detector.relearn_from_next_frame()  # resumed, but its learning was never saved
+        if detector.uses_normality:
+            watch.changed(memory.exemplars_for(analysis))
+            memory.load_examples(detector, analysis)
+            if detector.learn_seconds == 0 and not detector.has_normal:
+                raise EngineError(
+                    f"mode {detector.mode.value} needs a normal to compare with: set "
+                    "learning seconds or add normal examples"
+                )
+        return detector, watch, saved
 
     def _load_model(self) -> LoadedModel:
         if self._model is None:
             self._model = load_model(self.spec)
         return self._model
 
-    def _start_file(self, analysis: Analysis, scorer: Scorer, recorder: Recorder) -> FileJob:
+    def _start_file(self, analysis: Analysis, detector: Detector, recorder: Recorder) -> FileJob:
         from django.core.exceptions import ValidationError
 
         from cameras import validators
@@ -457,24 +563,23 @@ class Worker:
         last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
         start = last.frame_index + 1 if last else 0
         reader = VideoReader(path)
-        preprocess = scorer.loaded.preprocess
 
-        def frames() -> Iterator[tuple[Any, np.ndarray]]:
+        def frames() -> Iterator[tuple[Any, Inputs]]:
             for f in reader.frames(
                 analysis.sampling_fps, start_index=start, skip_black=analysis.skip_black_frames
             ):
-                yield f, fit_frame(f.image, preprocess)
+                yield f, detector.prepare(f.image)  # in the decoder thread
 
         job = FileJob(
             analysis,
-            scorer,
+            detector,
             recorder,
             reader=reader,
             frames=prefetch(frames(), depth=2 * self.batch_size),
         )
         return job
 
-    def _start_live(self, analysis: Analysis, scorer: Scorer, recorder: Recorder) -> LiveJob:
+    def _start_live(self, analysis: Analysis, detector: Detector, recorder: Recorder) -> LiveJob:
         camera = analysis.camera
         last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
         source = self.open_source(camera.kind, camera.source, **self.source_options)
@@ -486,7 +591,7 @@ class Worker:
         )
         return LiveJob(
             analysis,
-            scorer,
+            detector,
             recorder,
             source=source,
             gate=gate,
@@ -499,8 +604,8 @@ class Worker:
         assert job.frames is not None
         try:
             for _ in range(count):
-                frame, fitted = next(job.frames)
-                out.append(Pending(job, frame.index, frame.time_s, None, frame.image, fitted))
+                frame, inputs = next(job.frames)
+                out.append(Pending(job, frame.index, frame.time_s, None, frame.image, inputs))
         except StopIteration:
             job.done = True
         except EngineError as exc:
@@ -527,7 +632,7 @@ class Worker:
             time_s,
             frame.captured_at,
             frame.image,
-            fit_frame(frame.image, job.scorer.loaded.preprocess),
+            job.detector.prepare(frame.image),
         )
 
     def _stored(self, job: Job) -> None:
@@ -546,12 +651,20 @@ class Worker:
         assert job.reader is not None
         stats = job.reader.stats
         job.recorder.close_open_incident(stats.total_seconds)
+        try:
+            job.detector.finish_learning()  # a file shorter than its learning period
+        except EngineError as exc:
+            self._drop(job, Status.FAILED, error_message=str(exc), finished_at=timezone.now())
+            return
+        self._learning_ended(job)
         scores = list(FrameScore.objects.filter(analysis_id=job.pk).order_by("frame_index"))
         scored = [_as_scored(s) for s in scores]
-        summary = summarize(scored, job.analysis.threshold)
+        threshold = job.detector.threshold_in_use
+        summary = summarize(scored, threshold)
         metadata = {
             **job.analysis.metadata,  # what the upload recorded (original name, size)
-            **run_metadata(stats, scored, job.analysis.threshold, job.scorer),
+            **run_metadata(stats, scored, threshold, job.scorer),
+            **job.detector.describe(),
             "sampling_rate_fps": job.analysis.sampling_fps,
             "skip_black_frames": job.analysis.skip_black_frames,
         }
@@ -633,5 +746,12 @@ def _as_scored(row: FrameScore) -> Any:
     from detection.engine.pipeline import ScoredFrame
 
     return ScoredFrame(
-        row.frame_index, row.time_s, row.score, row.normal_similarity, row.anomaly_similarity
+        row.frame_index,
+        row.time_s,
+        row.score,
+        row.normal_similarity,
+        row.anomaly_similarity,
+        row.prompt_score,
+        row.novelty,
+        row.learning,
     )

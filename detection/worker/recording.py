@@ -31,6 +31,7 @@ from detection.live import messages
 from detection.live.publisher import Publisher
 from detection.models import Analysis, FrameScore, Incident
 from detection.worker import webhooks
+from detection.worker.keyframes import KeyFrames
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class ScoredItem:
     anomaly: float
     image: np.ndarray  # the original BGR frame, for incident thumbnails
     box: Box | None = None
+    prompt_score: float | None = None
+    novelty: float | None = None
+    learning: bool = False  # learned as normal: stored and shown, never judged
 
 
 def thumbnail_jpeg(image: np.ndarray, box: Box | None) -> bytes:
@@ -90,13 +94,20 @@ class LeaseLost(Exception):
 class Recorder:
     """Everything the worker stores for one analysis, with its incident state."""
 
-    def __init__(self, analysis: Analysis, publisher: Publisher, owner: str = "") -> None:
+    def __init__(
+        self,
+        analysis: Analysis,
+        publisher: Publisher,
+        owner: str = "",
+        threshold: float | None = None,
+    ) -> None:
         self.analysis = analysis
         self.publisher = publisher
         self.owner = owner
+        self.keyframes = KeyFrames()
         self.smoother = Smoother(analysis.smoothing_window)
         self.tracker = IncidentTracker(
-            threshold=analysis.threshold,
+            threshold=analysis.threshold if threshold is None else threshold,
             hysteresis=analysis.hysteresis,
             open_after=analysis.incident_open_frames,
             close_after=analysis.incident_close_frames,
@@ -112,6 +123,14 @@ class Recorder:
                 peak_frame_index=self.incident.peak_frame_index or -1,
             )
 
+    @property
+    def threshold(self) -> float:
+        return self.tracker.threshold
+
+    def set_threshold(self, threshold: float) -> None:
+        """The automatic threshold, known once learning ends."""
+        self.tracker.threshold = threshold
+
     def store(self, items: list[ScoredItem]) -> None:
         """Store `items` (one transaction), then publish them; see the module docstring."""
         if not items:
@@ -121,6 +140,8 @@ class Recorder:
         smoother, tracker = copy.deepcopy(self.smoother), copy.deepcopy(self.tracker)
         events: list[tuple[IncidentEvent, ScoredItem]] = []
         for item in items:
+            if item.learning:
+                continue  # learned as normal: never part of an incident
             smoothed = smoother(item.score)
             events += [(e, item) for e in tracker.feed(smoothed, item.time_s, item.frame_index)]
         saved = self._snapshot()
@@ -141,7 +162,11 @@ class Recorder:
                 # acknowledgement stores nothing twice (unique analysis + frame_index).
                 FrameScore.objects.bulk_create(map(self._row, items), ignore_conflicts=True)
                 a.save(update_fields=list(SUMMARY_FIELDS))
-                changed = [self._apply(event, item) for event, item in events]
+                changed, peaks = [], {}
+                for event, item in events:
+                    changed.append(self._apply(event, item))
+                    if event.kind in ("opened", "peak") and self.incident is not None:
+                        peaks[item.frame_index] = self.incident.pk
         except BaseException:
             self._restore(saved)
             raise
@@ -150,6 +175,7 @@ class Recorder:
         for incident in filter(None, changed):
             self._announce(incident)
         self._write_latest_frame(items[-1])
+        self.keyframes.observe(items, peaks)
 
     def _row(self, item: ScoredItem) -> FrameScore:
         box = item.box
@@ -161,6 +187,9 @@ class Recorder:
             score=item.score,
             normal_similarity=item.normal,
             anomaly_similarity=item.anomaly,
+            prompt_score=item.prompt_score,
+            novelty=item.novelty,
+            learning=item.learning,
             box_x0=box.x0 if box else None,
             box_y0=box.y0 if box else None,
             box_x1=box.x1 if box else None,
@@ -175,8 +204,9 @@ class Recorder:
         batch_sum = sum(i.score for i in items)
         a.average_score = ((a.average_score or 0.0) * previous + batch_sum) / total
         a.frames_scored = total
-        peak = max(items, key=lambda i: i.score)
-        if a.peak_score is None or peak.score > a.peak_score:
+        judged = [i for i in items if not i.learning]
+        peak = max(judged, key=lambda i: i.score) if judged else None
+        if peak is not None and (a.peak_score is None or peak.score > a.peak_score):
             a.peak_score, a.peak_time_s = peak.score, peak.time_s
         a.last_score, a.last_frame_index = items[-1].score, items[-1].frame_index
 
@@ -191,11 +221,14 @@ class Recorder:
                 item.score,
                 item.normal,
                 item.anomaly,
+                item.prompt_score,
+                item.novelty,
+                item.learning,
             )
             message = messages.live_score_message(
                 fields,
                 previous=item_previous,
-                threshold=self.analysis.threshold,
+                threshold=self.tracker.threshold,
                 # Wall time of publishing, for measuring score-to-browser latency.
                 published_at=time.time(),
             )

@@ -293,9 +293,9 @@ async def test_it_closes_a_socket_that_floods_requests_and_logs_it(world, caplog
 
 
 async def test_it_closes_a_socket_that_asks_for_more_than_its_snapshot_budget(world, monkeypatch):
-    # The first snapshot (60 scores) is ~6.7 KB of JSON, a resync of all 70 ~7.8 KB: 10 KB,
+    # The first snapshot (60 scores) is ~9.7 KB of JSON, a resync of all 70 ~11.3 KB: 12 KB,
     # refilled at a byte a second, pays for the first and one resync (it may end in debt).
-    monkeypatch.setattr(consumers, "SNAPSHOT_BUDGET_BYTES", 10_000)
+    monkeypatch.setattr(consumers, "SNAPSHOT_BUDGET_BYTES", 12_000)
     monkeypatch.setattr(consumers, "SNAPSHOT_REFILL_BYTES_PER_SECOND", 1)
     ws, _ = await connect(world["analysis"].pk, world["viewer"])
     await ws.receive_json_from(timeout=5)

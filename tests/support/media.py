@@ -66,3 +66,27 @@ def write_video(
         writer.write(frame)
     writer.release()
     return path
+
+
+def covered(frame: np.ndarray) -> np.ndarray:
+    """A hand or a cloth over the lens: a dark, almost flat frame."""
+    noise = np.random.default_rng(0).normal(0, 3, frame.shape)
+    return np.clip(25 + noise, 0, 255).astype(np.uint8)
+
+
+def write_tampered_video(
+    path: Path, learn_s: float = 10, normal_s: float = 4, covered_s: float = 4, fps: float = 4
+) -> Path:
+    """A clip of `scene`: `learn_s` + `normal_s` seconds as usual, then the lens covered for
+    `covered_s`, then as usual again for `normal_s` (MJPG, whatever the suffix)."""
+    height, width = 240, 320
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    assert writer.isOpened()
+    start, end = learn_s + normal_s, learn_s + normal_s + covered_s
+    total = end + normal_s
+    for i in range(round(total * fps)):
+        t = i / fps
+        frame = scene(height, width, seed=1, t=t)
+        writer.write(covered(frame) if start <= t < end else frame)
+    writer.release()
+    return path

@@ -11,6 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from detection.engine.detector import AUTO, MODES
+
 DEFAULT_NORMAL = "a photo of a normal, everyday scene"
 DEFAULT_ANOMALY = "a photo of an accident, a fire, a fight or another dangerous event"
 BAD_INPUT = 2  # exit status for anything the user can fix
@@ -58,6 +60,16 @@ def positive(value: str, name: str) -> float:
     return number
 
 
+def non_negative(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise bad_input(f"{name} {value!r} is not a number") from None
+    if not (math.isfinite(number) and number >= 0):
+        raise bad_input(f"{name} must be zero or a positive number, got {value}")
+    return number
+
+
 class AnalyzeCommand(BaseCommand):
     """Base for the two analysis commands; subclasses add their own arguments."""
 
@@ -90,7 +102,29 @@ class AnalyzeCommand(BaseCommand):
         parser.add_argument(
             "--threshold",
             default="0.6",
-            help="anomaly when the score is at or above this (default 0.6)",
+            help="anomaly when the score is at or above this (default 0.6), or 'auto': "
+            "derived from what was learned (see --mode)",
+        )
+        parser.add_argument(
+            "--mode",
+            default="prompts",
+            choices=MODES,
+            help="prompts (the prototype's score, default), normality (distance to the "
+            "learned normal) or combined (the larger of both)",
+        )
+        parser.add_argument(
+            "--normal-example",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="an image or clip of what is normal here (repeatable; normality modes)",
+        )
+        parser.add_argument(
+            "--anomaly-example",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="an image or clip of a known anomaly (repeatable; normality modes)",
         )
         parser.add_argument(
             "--logit-scale",
@@ -115,8 +149,12 @@ class AnalyzeCommand(BaseCommand):
         from detection import conf
 
         scale = options["logit_scale"]
+        threshold = options["threshold"]
         return {
-            "threshold": unit_interval(options["threshold"], "--threshold"),
+            "threshold": AUTO if threshold == AUTO else unit_interval(threshold, "--threshold"),
+            "mode": options["mode"],
+            "normal_examples": options["normal_example"],
+            "anomaly_examples": options["anomaly_example"],
             "logit_scale": positive(scale, "--logit-scale") if scale is not None else None,
             "spec": conf.model_spec(device=options["device"], precision=options["precision"]),
         }

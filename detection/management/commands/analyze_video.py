@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from detection.api import analyze_video
 
-from ._analyze import AnalyzeCommand, positive
+from ._analyze import AnalyzeCommand, non_negative, positive
 
 
 class Command(AnalyzeCommand):
@@ -22,6 +22,12 @@ class Command(AnalyzeCommand):
         super().add_arguments(parser)
         parser.add_argument("--fps", default="1.0", help="frames to score per second of video")
         parser.add_argument("--batch-size", default=None, help="images per model call")
+        parser.add_argument(
+            "--learn-seconds",
+            default="0",
+            metavar="N",
+            help="learn the first N seconds as this camera's normal (never anomalies)",
+        )
         parser.add_argument(
             "--keep-black-frames",
             action="store_true",
@@ -54,6 +60,7 @@ class Command(AnalyzeCommand):
                 batch_size=batch_size,
                 skip_black_frames=not options["keep_black_frames"],
                 progress=progress,
+                learn_seconds=non_negative(options["learn_seconds"], "--learn-seconds"),
                 **common,
             )
         finally:
@@ -71,6 +78,10 @@ class Command(AnalyzeCommand):
             f"{d['time_s']:9.2f}  {d['frame_index']:7d}  {d['score']:6.3f}  {d['label']}"
             for d in result["data"]
         ]
+        lines.append(
+            f"mode {meta['mode']}; threshold {meta['anomaly_threshold']:.3f} "
+            f"({meta['threshold_mode']}); {meta['learned_frames']} frames learned"
+        )
         if meta["frames_scored"]:
             lines.append(
                 f"{meta['frames_scored']} frames scored of {meta['total_frames']} decoded "
