@@ -99,6 +99,9 @@ class Report:
     paths: dict[str, dict[str, Any]]
     live: list[dict[str, Any]] = field(default_factory=list)
     live_held: int | None = None
+    # analyze_video per scoring mode (prompts, normality, combined): the cost of learning
+    # the normal, measured.
+    modes: dict[str, dict[str, Any]] = field(default_factory=dict)
     peak_rss_mib: float = 0.0
     seconds: float = 0.0
 
@@ -565,6 +568,58 @@ def _measure_paths(
     return paths, proto_scores
 
 
+MODES_LEARN_S = 30.0
+
+
+def _measure_modes(
+    video: Path,
+    normal: str,
+    anomaly: str,
+    sampling_fps: float,
+    spec: ModelSpec,
+    batch_size: int,
+    repeats: int,
+    log: Callable[[str], None],
+    learn_s: float = MODES_LEARN_S,
+) -> dict[str, dict[str, Any]]:
+    """analyze_video in each scoring mode, interleaved round by round; normality and
+    combined learn the first MODES_LEARN_S seconds. `overhead`: the time per frame beyond
+    prompts mode's (the issue's budget for normality: 5 %)."""
+    from detection.api import analyze_video
+
+    modes = ("prompts", "normality", "combined")
+    runs: dict[str, list[float]] = {mode: [] for mode in modes}
+    for r in range(repeats):
+        for mode in modes:
+            log(f"round {r + 1}/{repeats}: analyze_video --mode {mode}")
+            start = time.perf_counter()
+            result = analyze_video(
+                video,
+                normal,
+                anomaly,
+                sampling_fps,
+                spec=spec,
+                batch_size=batch_size,
+                mode=mode,
+                learn_seconds=0 if mode == "prompts" else learn_s,
+            )
+            seconds = time.perf_counter() - start
+            if result["status"] != "Success":
+                raise RuntimeError(f"analyze_video --mode {mode}: {result['error_message']}")
+            runs[mode].append(len(result["data"]) / seconds)
+    base = statistics.median(runs["prompts"])
+    out = {}
+    for mode, rates in runs.items():
+        fps = statistics.median(rates)
+        out[mode] = {
+            "fps": fps,
+            "fps_runs": rates,
+            "overhead": base / fps - 1.0,
+            "learn_seconds": 0 if mode == "prompts" else learn_s,
+        }
+    return out
+
+
 def _measure_live(
     video: Path,
     cameras: Sequence[int],
@@ -611,6 +666,7 @@ def run_benchmark(
     matmul_sizes: Sequence[int] | None = None,
     normal: str = NORMAL,
     anomaly: str = ANOMALY,
+    learn_s: float = MODES_LEARN_S,
     log: Callable[[str], None] = lambda _: None,
 ) -> Report:
     """Everything above, interleaved; `spec` None: the configured model (Django settings)."""
@@ -634,6 +690,9 @@ def run_benchmark(
 
     paths, proto_scores = _measure_paths(
         proto, video, normal, anomaly, sampling_fps, spec, batch_size, repeats, worker, log
+    )
+    modes = _measure_modes(
+        video, normal, anomaly, sampling_fps, spec, batch_size, max(repeats, 3), log, learn_s
     )
     live = _measure_live(
         video,
@@ -688,6 +747,7 @@ def run_benchmark(
         paths=paths,
         live=[asdict(r) for r in live],
         live_held=max(held) if held else (0 if live else None),
+        modes=modes,
         peak_rss_mib=peak_rss_mib(),
         seconds=time.perf_counter() - clock,
     )
@@ -999,6 +1059,15 @@ def format_report(report: Report | dict[str, Any]) -> str:
             else ""
         ),
     ]
+    if r.get("modes"):
+        lines += ["", f"{'mode':<12}{'frames/s':>10}{'time per frame vs prompts':>28}"]
+        for name, x in r["modes"].items():
+            lines.append(f"{name:<12}{x['fps']:>10.2f}{x['overhead']:>+27.1%}")
+        lines.append(
+            f"(analyze_video; normality and combined learn the first "
+            f"{r['modes']['normality']['learn_seconds']:g} s; "
+            "medians of interleaved rounds)"
+        )
     if r["live"]:
         lines += [
             "",

@@ -1,4 +1,4 @@
-"""Admin for analyses and incidents: the operators' controls for the detection worker.
+"""Admin for analyses, incidents and examples: the operators' controls for the worker.
 
 FrameScore is deliberately not registered: it holds one row per scored frame (millions per
 camera per month), so a changelist over it is useless and dangerous. Scores are read on the
@@ -11,23 +11,34 @@ this module adds the admin's confirmation page, change log and messages.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
 from django.db import models
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from cameras.access import visible_cameras
 from cameras.admin import CameraAdmin, ScopedToVisibleCameras
 from portal.admin import ChangedFieldsOnly
 
 from . import actions
 from .actions import count as _count
-from .models import Analysis, FrameScore, Incident
+from .engine.errors import MediaError
+from .engine.limits import split_prompts
+from .engine.prompt_help import sound_warnings
+from .models import Analysis, Exemplar, FrameScore, Incident
+from .web.exemplars import image_file_to_jpeg
+from .web.forms import learning_error
+from .web.views import threshold_text
 
 Status = Analysis.Status
 
@@ -94,9 +105,31 @@ class AnalysisInline(admin.TabularInline):
 CameraAdmin.inlines = (*CameraAdmin.inlines, AnalysisInline)
 
 
+class AnalysisAdminForm(forms.ModelForm):
+    """The portal's rule for learning the normal: normality and combined modes need a
+    learning period, or normal examples of the analysis or its camera."""
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if "mode" not in self.fields or "learning_seconds" not in self.fields:
+            return data
+        camera = data.get("camera") or (self.instance.camera if self.instance.camera_id else None)
+        normal = Exemplar.objects.filter(kind=Exemplar.Kind.NORMAL)
+        scope = Q(camera=camera) if camera is not None else Q(pk__in=[])
+        if self.instance.pk is not None:
+            scope |= Q(analysis=self.instance)
+        problem = learning_error(
+            data.get("mode"), data.get("learning_seconds"), normal.filter(scope).exists()
+        )
+        if problem is not None and "learning_seconds" not in self.errors:
+            self.add_error("learning_seconds", problem)
+        return data
+
+
 @admin.register(Analysis)
 class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     camera_path = "camera"
+    form = AnalysisAdminForm
     # Django 6 drops the "http" default for scheme-less URLs; receivers are https.
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = (
@@ -115,7 +148,7 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     actions = ("queue", "stop", "rerun")
     # The status and summary groups are filled by the worker and the actions, not by hand;
     # `status` itself is editable on the add form only (get_readonly_fields).
-    readonly_fields = ("live_link", *STATUS_FIELDS[1:], *SUMMARY_FIELDS)
+    readonly_fields = ("live_link", "threshold_in_use_text", *STATUS_FIELDS[1:], *SUMMARY_FIELDS)
     fieldsets = (
         (None, {"fields": ("camera", "name", "live_link")}),
         (
@@ -127,6 +160,15 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
             },
         ),
         ("Scoring", {"fields": ("threshold", "sampling_fps", "window_size")}),
+        (
+            "Learning the normal",
+            {
+                "fields": ("mode", "learning_seconds", "auto_threshold", "threshold_in_use_text"),
+                "description": "Normality and combined modes learn what this camera looks "
+                "like normally during the learning period (or from normal examples) and "
+                "flag departures from it: also a covered, moved or defocused camera.",
+            },
+        ),
         (
             "Incidents",
             {
@@ -187,8 +229,33 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+        # Saved all the same: prompts that describe sound are advice, not an error.
+        for warning in sound_warnings(obj.prompt_list("normal"), obj.prompt_list("anomaly")):
+            self.message_user(request, warning, messages.WARNING)
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        # The form's prompts (as typed, or as stored) get the same warnings as a save, on
+        # the page (templates/admin/detection/analysis/change_form.html), unless a message
+        # from the save that led here says it already.
+        form = context["adminform"].form
+        source = form.data if form.is_bound else form.initial
+
+        def prompts(name: str) -> list[str]:
+            value = source.get(name)
+            return split_prompts(value if isinstance(value, str) else "")
+
+        shown = {str(message) for message in messages.get_messages(request)}
+        warnings = sound_warnings(prompts("normal_prompts"), prompts("anomaly_prompts"))
+        context["prompt_warnings"] = [w for w in warnings if w not in shown]
+        return super().render_change_form(request, context, *args, **kwargs)
 
     # --- columns ---------------------------------------------------------------------
+
+    @admin.display(description="Threshold in use")
+    def threshold_in_use_text(self, obj: Analysis) -> str:
+        return threshold_text(obj) if obj.pk is not None else "-"
 
     @admin.display(description="Progress", ordering="progress")
     def progress_percent(self, obj: Analysis) -> str:
@@ -341,12 +408,13 @@ class IncidentAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         "is_open",
         "acknowledged_by",
         "acknowledged_at",
+        "feedback",
     )
-    list_filter = (AcknowledgedFilter, "analysis__camera")
+    list_filter = (AcknowledgedFilter, "feedback", "analysis__camera")
     list_select_related = ("analysis__camera", "acknowledged_by")
     search_fields = ("analysis__name", "analysis__camera__name", "note")
     autocomplete_fields = ("analysis",)
-    actions = ("acknowledge",)
+    actions = ("acknowledge", "false_alarm", "confirm")
     fieldsets = (
         (
             None,
@@ -361,6 +429,15 @@ class IncidentAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         ),
         ("Thumbnail", {"fields": ("thumbnail", "thumbnail_preview")}),
         ("Acknowledgement", {"fields": ("acknowledged_by", "acknowledged_at", "note")}),
+        (
+            "Feedback",
+            {
+                "fields": ("feedback", "feedback_by", "feedback_at"),
+                "description": "Given with the False alarm and Confirm buttons (the analysis "
+                "page or the actions of the list): the incident's frames become normal or "
+                "anomaly examples of its camera.",
+            },
+        ),
     )
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
@@ -378,7 +455,14 @@ class IncidentAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         # Incidents are the worker's record: once one exists only the note is editable.
         # On the add page (an incident recorded by hand) the facts are still open.
         if obj is None:
-            return ["thumbnail_preview", "acknowledged_by", "acknowledged_at"]
+            return [
+                "thumbnail_preview",
+                "acknowledged_by",
+                "acknowledged_at",
+                "feedback",
+                "feedback_by",
+                "feedback_at",
+            ]
         fields = [f.name for f in Incident._meta.fields if f.name not in ("id", "note")]
         return [*fields, "thumbnail_preview"]
 
@@ -413,3 +497,152 @@ class IncidentAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
                 f"Skipped {_count(skipped, 'incident', 'incidents')} already acknowledged.",
                 messages.WARNING,
             )
+
+    def _feedback(self, request: HttpRequest, queryset: QuerySet[Incident], kind: str) -> None:
+        changed = examples = 0
+        for incident in queryset.select_related("analysis"):
+            result = actions.feedback(incident, kind, request.user)
+            if result.changed:
+                changed += 1
+                examples += result.exemplars
+                self.log_change(request, incident, f"Feedback: {result.incident.feedback}.")
+        label = Incident.Feedback(kind).label.lower()
+        self.message_user(
+            request,
+            f"Marked {_count(changed, 'incident', 'incidents')} “{label}”; "
+            f"{_count(examples, 'example', 'examples')} recorded from their frames.",
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Mark selected incidents as false alarms", permissions=["change"])
+    def false_alarm(self, request: HttpRequest, queryset: QuerySet[Incident]) -> None:
+        self._feedback(request, queryset, Incident.Feedback.FALSE_ALARM)
+
+    @admin.action(description="Confirm selected incidents as anomalies", permissions=["change"])
+    def confirm(self, request: HttpRequest, queryset: QuerySet[Incident]) -> None:
+        self._feedback(request, queryset, Incident.Feedback.CONFIRMED)
+
+
+class ExemplarAdminForm(forms.ModelForm):
+    """An example added by hand: one image, for a camera or for one analysis."""
+
+    def clean_image(self) -> Any:
+        image = self.cleaned_data.get("image")
+        if image is None or not hasattr(image, "read") or isinstance(image, ContentFile):
+            return image
+        # Stored re-encoded as a JPEG under a generated name, as the portal stores them.
+        try:
+            data = image_file_to_jpeg(image)
+        except MediaError as exc:
+            reason = str(exc).removeprefix("image bytes: ")
+            raise ValidationError(
+                "%(name)s: %(reason)s",
+                code="bad_file",
+                params={"name": image.name, "reason": reason},
+            ) from None
+        return ContentFile(data, name=f"{uuid.uuid4().hex}.jpg")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if "camera" in self.fields and "analysis" in self.fields:
+            camera, analysis = data.get("camera"), data.get("analysis")
+            if camera is None and analysis is None and not self.has_error("camera"):
+                self.add_error("camera", "Choose a camera (every analysis of it) or one analysis.")
+            elif camera is not None and analysis is not None:
+                self.add_error("analysis", "Choose a camera or one analysis, not both.")
+        return data
+
+
+@admin.register(Exemplar)
+class ExemplarAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
+    """Examples of a camera's normal (or of anomalies): uploaded, from clips, from feedback.
+
+    The worker embeds them (the web never loads the model); `model_spec` says which model
+    did. Once saved an example is read-only: a new image or kind is a new example (the
+    worker notices added and removed examples, not edited ones).
+    """
+
+    form = ExemplarAdminForm
+    list_display = (
+        "preview_small",
+        "kind",
+        "source",
+        "applies_to",
+        "incident",
+        "created_by",
+        "created_at",
+        "embedded",
+    )
+    list_display_links = ("preview_small", "kind")
+    list_filter = ("kind", "source")
+    list_select_related = ("camera", "analysis__camera", "created_by")
+    search_fields = ("camera__name", "analysis__name", "analysis__camera__name")
+    autocomplete_fields = ("camera", "analysis")
+    ADD_FIELDS = ("kind", "camera", "analysis", "image")
+    CHANGE_FIELDS = (
+        "preview",
+        "kind",
+        "camera",
+        "analysis",
+        "source",
+        "incident",
+        "frame_index",
+        "created_by",
+        "created_at",
+        "model_spec",
+    )
+
+    def scope(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        # A camera's examples, or one of its analyses': the visibility rule of either.
+        if request.user.is_superuser:
+            return queryset
+        cameras = visible_cameras(request.user).values("pk")
+        return queryset.filter(Q(camera__in=cameras) | Q(analysis__camera__in=cameras))
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return self.ADD_FIELDS if obj is None else self.CHANGE_FIELDS
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return () if obj is None else self.CHANGE_FIELDS
+
+    def save_model(self, request: HttpRequest, obj: Exemplar, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+            obj.source = Exemplar.Source.UPLOAD
+        super().save_model(request, obj, form, change)
+
+    def delete_model(self, request: HttpRequest, obj: Exemplar) -> None:
+        actions.delete_exemplars(Exemplar.objects.filter(pk=obj.pk))  # and its file
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Exemplar]) -> None:
+        actions.delete_exemplars(queryset)
+
+    @admin.display(description="Applies to")
+    def applies_to(self, obj: Exemplar) -> str:
+        if obj.camera_id:
+            return f"camera {obj.camera}"
+        return f"analysis {obj.analysis}"
+
+    @admin.display(description="Embedded", boolean=True)
+    def embedded(self, obj: Exemplar) -> bool:
+        return bool(obj.model_spec)
+
+    def _image(self, obj: Exemplar, width: int) -> str:
+        if obj.pk is None or not obj.image:
+            return "-"
+        url = reverse("detection:exemplar_image", args=[obj.pk])  # access-checked
+        return format_html(
+            '<a href="{0}" target="_blank" rel="noopener"><img src="{0}" alt="Example {1}" '
+            'style="max-width: {2}px; height: auto;"></a>',
+            url,
+            obj.pk,
+            width,
+        )
+
+    @admin.display(description="Image")
+    def preview(self, obj: Exemplar) -> str:
+        return self._image(obj, 320)
+
+    @admin.display(description="Image")
+    def preview_small(self, obj: Exemplar) -> str:
+        return self._image(obj, 96)

@@ -46,9 +46,10 @@ from .engine import (
     validate_sampling_fps,
 )
 from .engine.detector import AUTO, Detector, parse_learn_seconds, parse_mode
-from .engine.examples import embed_examples
+from .engine.examples import read_examples
 from .engine.images import ImageInput
 from .engine.pipeline import Stopwatch, run_metadata
+from .engine.prompt_help import sound_warnings
 from .engine.prompts import Prompts, normalize_prompts
 from .engine.schedule import Ticker
 from .engine.video import DEFAULT_BLACK_LEVEL, is_black
@@ -112,16 +113,23 @@ def _detector(
     batch_size: int,
 ) -> Detector:
     """A detector with the caller's examples embedded (examples need a normality mode)."""
-    detector = Detector(scorer, parse_mode(mode), parse_learn_seconds(learn_seconds), threshold)
+    from . import conf
+
+    detector = Detector(
+        scorer,
+        parse_mode(mode),
+        parse_learn_seconds(learn_seconds),
+        threshold,
+        crops=conf.normality_crops(),
+    )
     if (normal_examples or anomaly_examples) and not detector.uses_normality:
         raise EngineError(
             "examples are compared image to image: use mode normality or combined "
             f"(mode is {detector.mode.value})"
         )
     if detector.uses_normality:
-        loaded = scorer.loaded
-        normal = embed_examples(loaded, normal_examples, batch_size)
-        anomalies = embed_examples(loaded, anomaly_examples, batch_size)
+        normal = detector.embed(read_examples(normal_examples), batch_size)
+        anomalies = detector.embed(read_examples(anomaly_examples), batch_size)
         detector.set_examples(normal, anomalies)
         if detector.learn_seconds == 0 and not len(normal):
             raise EngineError(
@@ -189,7 +197,10 @@ def analyze_image(
             "label": _label(score, threshold),
             "threshold": threshold,
             **detector.describe(),
-            "warnings": list(detector.warnings),
+            "warnings": [
+                *sound_warnings(scorer.normal_prompts, scorer.anomaly_prompts),
+                *detector.warnings,
+            ],
             "logit_scale": scorer.logit_scale,
             "width": int(frame.shape[1]),
             "height": int(frame.shape[0]),
@@ -323,7 +334,11 @@ def analyze_video(
     metadata: dict[str, Any] = {
         **run_metadata(stats, frames, threshold, scorer),
         **detector.describe(),
-        "warnings": [*stats.warnings, *detector.warnings],
+        "warnings": [
+            *sound_warnings(scorer.normal_prompts, scorer.anomaly_prompts),
+            *stats.warnings,
+            *detector.warnings,
+        ],
         "sampling_rate_fps": float(sampling_rate_fps),
         "skip_black_frames": skip_black_frames,
         "batch_size": batch_size,

@@ -27,3 +27,8 @@ def batch_size() -> int:
 def logit_scale() -> float | None:
     """None: the model's own learned scale; a number (100 = the prototype): that scale."""
     return getattr(settings, "DETECTION_LOGIT_SCALE", None)
+
+
+def normality_crops() -> bool | None:
+    """Whether normality embeds cropped views (None: whatever the model supports best)."""
+    return True if settings.DETECTION_NORMALITY_VIEWS == "crops" else None

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from .web import exports, uploads, views
+from .web import assistant, exemplars, exports, uploads, views
 
 app_name = "detection"
 
@@ -14,8 +14,14 @@ urlpatterns = [
     path("analyses/<int:pk>/queue/", views.queue_analysis, name="queue"),
     path("analyses/<int:pk>/stop/", views.stop_analysis, name="stop"),
     path("analyses/<int:pk>/rerun/", views.rerun_analysis, name="rerun"),
+    path("analyses/<int:pk>/exemplars/", exemplars.add_exemplars, name="exemplar_add"),
     path("incidents/<int:pk>/acknowledge/", views.acknowledge, name="acknowledge"),
     path("incidents/<int:pk>/thumbnail.jpg", views.incident_thumbnail, name="incident_thumbnail"),
+    path("incidents/<int:pk>/false-alarm/", views.false_alarm, name="false_alarm"),
+    path("incidents/<int:pk>/confirm/", views.confirm, name="confirm"),
+    path("exemplars/<int:pk>/image.jpg", exemplars.exemplar_image, name="exemplar_image"),
+    path("exemplars/<int:pk>/delete/", exemplars.exemplar_delete, name="exemplar_delete"),
     path("upload/", uploads.upload_video, name="upload"),
     path("image/", uploads.analyze_image_page, name="image"),
+    path("prompts/suggest/", assistant.suggest, name="suggest_prompts"),
 ]

@@ -316,6 +316,12 @@ DETECTION_PRECISION = get_str(
     "DETECTION_PRECISION", "auto", choices=("auto", "fp32", "bf16", "fp16")
 )
 DETECTION_BATCH_SIZE = get_int("DETECTION_BATCH_SIZE", 16, min=1)
+# What the normality memory embeds per frame: `regions` (the whole frame and its quadrants
+# from one forward pass, as fast as prompts mode) or `crops` (each of the five views
+# embedded on its own: five passes, more sensitive to small local changes).
+DETECTION_NORMALITY_VIEWS = get_str(
+    "DETECTION_NORMALITY_VIEWS", "regions", choices=("regions", "crops")
+)
 # A worker's claim on an analysis lapses this long after its last heartbeat; another
 # worker then resumes the analysis from its last stored frame.
 DETECTION_LEASE_SECONDS = get_int("DETECTION_LEASE_SECONDS", 30, min=5)
@@ -330,6 +336,14 @@ DETECTION_LOGIT_SCALE: float | None = (
 # Where downloaded weights go; None keeps open_clip's / Hugging Face's default cache.
 _cache_dir = get_optional_str("DETECTION_CACHE_DIR")
 DETECTION_CACHE_DIR: Path | None = Path(_cache_dir).expanduser().resolve() if _cache_dir else None
+# The prompt assistant (README, "Prompt helpers"): an OpenAI-compatible chat-completions
+# endpoint (Ollama: http://127.0.0.1:11434/v1) that turns a phrase into prompts. Unset: the
+# offline templates. Loopback and the LAN are fine (the operator chose the URL); link-local
+# and cloud metadata never (docs/security.md). Any failure falls back to the templates.
+PROMPT_ASSISTANT_URL = get_optional_str("PROMPT_ASSISTANT_URL")
+PROMPT_ASSISTANT_MODEL = get_str("PROMPT_ASSISTANT_MODEL", "")
+PROMPT_ASSISTANT_API_KEY = get_optional_str("PROMPT_ASSISTANT_API_KEY")
+PROMPT_ASSISTANT_TIMEOUT = get_float("PROMPT_ASSISTANT_TIMEOUT", 10.0, gt=0)
 
 # --- Logging --------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import EngineError
-from .features import encode_fitted, prepare, uses_tokens
+from .features import embed_frames, encode_fitted, prepare, uses_tokens
 from .limits import MAX_LEARN_SECONDS
 from .limits import MODES as _MODES
 from .normality import AUTO_THRESHOLD, NormalityModel
@@ -97,6 +97,8 @@ class Detector:
     mode: Mode = Mode.PROMPTS
     learn_seconds: float = 0.0
     threshold: float | str = DEFAULT_THRESHOLD
+    # Normality views embedded one by one (five passes) rather than from one pass's tokens.
+    crops: bool | None = None
     # Learned from the first `learn_seconds`, then frozen; examples are added on top.
     learned: NormalityModel = field(default_factory=NormalityModel)
     learned_prompt_scores: list[float] = field(default_factory=list)
@@ -130,7 +132,7 @@ class Detector:
         loaded = self.scorer.loaded
         return Inputs(
             fit_frame(frame_bgr, loaded.preprocess) if self.uses_prompt_pass else None,
-            prepare(loaded, frame_bgr) if self.uses_normality else None,
+            prepare(loaded, frame_bgr, self.crops) if self.uses_normality else None,
         )
 
     def encode(self, inputs: Sequence[Inputs]) -> tuple[torch.Tensor | None, np.ndarray | None]:
@@ -142,6 +144,21 @@ class Detector:
         if self.uses_normality:
             views = encode_fitted(loaded, [i.normality for i in inputs])
         return features, views
+
+    @property
+    def uses_crops(self) -> bool:
+        return bool(self.crops) or not uses_tokens(self.scorer.loaded)
+
+    @property
+    def feature_key(self) -> str:
+        """Which embeddings this detector compares: the model, its weights, the views.
+        Embeddings under another key cannot be compared with these."""
+        spec = self.scorer.loaded.spec
+        return f"{spec.name}|{spec.pretrained}|{'crops' if self.uses_crops else 'regions'}"
+
+    def embed(self, frames_bgr: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """Normality features of frames (examples), exactly as this detector embeds."""
+        return embed_frames(self.scorer.loaded, frames_bgr, batch_size, crops=self.crops)
 
     # --- deciding --------------------------------------------------------------------
 
@@ -162,8 +179,11 @@ class Detector:
     ) -> list[Point]:
         """Points for a batch of frames in time order (features from `encode`)."""
         if features is None:
-            assert views is not None
+            if views is None:
+                raise ValueError("decide() needs features, views or both")
             features = torch.from_numpy(np.ascontiguousarray(views[:, 0]))
+        if len(features) != len(times):
+            raise ValueError(f"{len(times)} times for {len(features)} frames")
         prompt = self.scorer.score_features(features)
         if self._relearn and times:
             self.learn_offset, self._relearn = float(times[0]), False
@@ -301,7 +321,7 @@ class Detector:
             "auto_threshold": self.auto_threshold,
             "threshold_mode": AUTO if self.threshold == AUTO else "fixed",
             **(
-                {"normality_features": "tokens" if uses_tokens(self.scorer.loaded) else "crops"}
+                {"normality_views": "crops" if self.uses_crops else "regions"}
                 if self.uses_normality
                 else {}
             ),

@@ -13,7 +13,6 @@ import numpy as np
 
 from .errors import MediaError
 from .images import load_image
-from .loader import LoadedModel
 from .video import VideoReader
 
 EXAMPLE_FPS = 1.0
@@ -36,13 +35,6 @@ def example_frames(path: str | Path, fps: float = EXAMPLE_FPS) -> Iterator[np.nd
             yield frame.image
 
 
-def embed_examples(
-    loaded: LoadedModel, paths: Iterable[str | Path], batch_size: int = 16
-) -> np.ndarray:
-    """Normality features (N, views, D) of every frame of every example file."""
-    from .features import embed_frames
-
-    frames = [frame for path in paths for frame in example_frames(path)]
-    if not frames:
-        return np.zeros((0, 0, 0), np.float32)
-    return embed_frames(loaded, frames, batch_size)
+def read_examples(paths: Iterable[str | Path]) -> list[np.ndarray]:
+    """Every frame of every example file, in order."""
+    return [frame for path in paths for frame in example_frames(path)]

@@ -5,8 +5,13 @@ normality memory needs more: the whole frame (a new object by the border must no
 away), photometrically normalised (dusk is not an anomaly), and each quadrant on its own (a
 small change in a corner barely moves a whole-frame embedding). Embedding five crops would
 cost five encoder passes per frame. A ViT already computes one token per patch: the mean of
-the patch tokens of a quadrant, through the same final projection as the pooled token (as
+a quadrant's patch tokens, through the same final projection as the pooled token (as
 MaskCLIP reads dense CLIP features), describes that quadrant for the price of one pass.
+
+The price: a quadrant's tokens have attended to the whole frame, so a small change in one
+corner moves its region feature less than it moves an embedding of the corner alone.
+`DETECTION_NORMALITY_VIEWS=crops` embeds the five views separately instead (five passes
+per frame, more sensitive to small local changes); docs/architecture.md has the numbers.
 
 Models without patch tokens (ResNet towers, attentional pooling) fall back to embedding the
 crops (`views`), five passes per frame (the detector's `describe()` says which).
@@ -80,6 +85,8 @@ def encode_views(loaded: LoadedModel, pixels: torch.Tensor) -> np.ndarray:
         side = math.isqrt(count)
         grid = tokens.reshape(n, side, side, width)
         rows = _region_slices(side)
+        # The mean over a region's patches (max-pooling was tried: no better on average
+        # over random initialisations, and noisier; see docs/architecture.md).
         regions = [grid[:, r, c].mean(dim=(1, 2)) for r in rows for c in rows]
         regional = torch.stack(regions, dim=1) @ visual.proj
         features = torch.cat([pooled[:, None], regional], dim=1).float()
@@ -87,31 +94,36 @@ def encode_views(loaded: LoadedModel, pixels: torch.Tensor) -> np.ndarray:
         return features.cpu().numpy()
 
 
-def prepare(loaded: LoadedModel, frame_bgr: np.ndarray) -> np.ndarray:
+def prepare(loaded: LoadedModel, frame_bgr: np.ndarray, crops: bool | None = None) -> np.ndarray:
     """A frame made ready for `encode_fitted` (cheap, for the decoder thread): the fitted
-    frame (H, W, 3), or for models without patch tokens its views (N_VIEWS, H, W, 3)."""
-    if uses_tokens(loaded):
+    frame (H, W, 3), or, for models without patch tokens (or `crops`), its views cropped and
+    fitted one by one (N_VIEWS, H, W, 3)."""
+    if crops is None:
+        crops = not uses_tokens(loaded)
+    if not crops:
         return fit_normality(frame_bgr, loaded.preprocess)
     return np.stack(views(frame_bgr, loaded.preprocess.size[0]))
 
 
 def encode_fitted(loaded: LoadedModel, prepared: Sequence[np.ndarray]) -> np.ndarray:
     """Normality features (N, N_VIEWS, D) of frames from `prepare`: one pass per frame with
-    patch tokens, N_VIEWS passes without."""
-    if uses_tokens(loaded):
+    patch tokens, N_VIEWS passes with cropped views."""
+    if prepared[0].ndim == 3:
         return encode_views(loaded, to_tensor(list(prepared), loaded))
     from .scoring import encode_images
 
-    crops = np.concatenate(list(prepared))
-    flat = encode_images(loaded, to_tensor(crops, loaded)).cpu().numpy()
-    return flat.reshape(len(prepared), N_VIEWS, -1)
+    flat = encode_images(loaded, to_tensor(np.concatenate(list(prepared)), loaded))
+    return flat.cpu().numpy().reshape(len(prepared), N_VIEWS, -1)
 
 
 def embed_frames(
-    loaded: LoadedModel, frames_bgr: Sequence[np.ndarray], batch_size: int = 16
+    loaded: LoadedModel,
+    frames_bgr: Sequence[np.ndarray],
+    batch_size: int = 16,
+    crops: bool | None = None,
 ) -> np.ndarray:
     """Normality features of BGR frames of any size: (N, N_VIEWS, D)."""
-    prepared = [prepare(loaded, f) for f in frames_bgr]
+    prepared = [prepare(loaded, f, crops) for f in frames_bgr]
     if not prepared:
         return np.zeros((0, N_VIEWS, 0), np.float32)
     parts = [

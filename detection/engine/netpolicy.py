@@ -1,4 +1,5 @@
-"""Where outbound requests may go: the one URL and address rule for cameras and webhooks.
+"""Where outbound requests may go: the one URL and address rule for cameras, webhooks and
+the prompt assistant.
 
     target = parse_url("rtsp://nvr:554/stream1", STREAM_SCHEMES, "stream URL")
     camera_policy(allowed).check(target)        # resolves the host, checks every address
@@ -8,6 +9,8 @@ docs/security.md ("Outbound requests: the trust model") says the same in prose. 
   multicast and reserved addresses;
 - by default refused, opened by a setting's networks: loopback and link-local for cameras;
   for webhooks also private, shared (carrier-grade NAT) and special-purpose ranges;
+- the prompt assistant (an endpoint the operator configured) may reach loopback and the
+  LAN, never link-local;
 - an IPv6 address that embeds an IPv4 one (mapped, compatible, NAT64, 6to4) must pass as
   both, so `::ffff:169.254.169.254` is the metadata service it is;
 - host names are checked by every address they resolve to.
@@ -33,6 +36,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 WEBHOOK_SCHEMES = ("http", "https")
+ASSISTANT_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322}
 
 CAMERA_SETTING = "DETECTION_CAMERA_ALLOWED_NETWORKS"
@@ -153,6 +157,8 @@ class NetworkPolicy:
             return None
         for networks, what in self.refused:
             if any(address in network for network in networks):
+                if not self.setting:  # no setting opens these for this subject
+                    return f"{what}, which {self.subject} may never reach"
                 return (
                     f"{what}, which {self.subject} may not reach unless {self.setting} includes it"
                 )
@@ -208,6 +214,15 @@ def webhook_policy(allowed: Iterable[IPNetwork | str] = ()) -> NetworkPolicy:
         (LOOPBACK, LINK_LOCAL, PRIVATE, SPECIAL),
         _networks(allowed),
     )
+
+
+def assistant_policy() -> NetworkPolicy:
+    """The prompt assistant: an endpoint the operator set (PROMPT_ASSISTANT_URL).
+
+    Like cameras, the LAN and loopback are normal (Ollama listens on localhost); link-local
+    is refused and no setting opens it, nor the `NEVER` ranges.
+    """
+    return NetworkPolicy("the prompt assistant", "", (LINK_LOCAL,))
 
 
 # --- URLs ---------------------------------------------------------------------------------

@@ -73,17 +73,37 @@ def _visible_analysis(request: HttpRequest, pk: int) -> Analysis:
     return get_object_or_404(visible_analyses(request.user).select_related("camera"), pk=pk)
 
 
+_SCORE = FrameScore.SCORE_FIELDS.index("score")
+_LEARNING = FrameScore.SCORE_FIELDS.index("learning")
+_N_SCORE_FIELDS = len(FrameScore.SCORE_FIELDS)
+# Numbers that may be NaN or infinite in a broken row: JSON gets null for them.
+_NUMBERS = (
+    "time_s",
+    "score",
+    "normal_similarity",
+    "anomaly_similarity",
+    "prompt_score",
+    "novelty",
+)
+
+
+def label(score: float, learning: bool, threshold: float) -> str:
+    """Learning frames were learned as normal and never judged; the rest against the
+    threshold in use (the automatic one, once derived)."""
+    if learning:
+        return "Learning"
+    return "Anomaly" if score >= threshold else "Normal"
+
+
 def _rows(analysis: Analysis) -> Iterator[Row]:
     """(frame_index, ..., label, box...) per stored score, in frame order, chunk by chunk."""
     queryset = (
         FrameScore.objects.filter(analysis=analysis).order_by("frame_index").values_list(*_FIELDS)
     )
-    threshold = analysis.threshold
-    for frame_index, time_s, captured_at, score, normal, anomaly, *box in queryset.iterator(
-        chunk_size=CHUNK_SIZE
-    ):
-        label = "Anomaly" if score >= threshold else "Normal"
-        yield (frame_index, time_s, captured_at, score, normal, anomaly, label, *box)
+    threshold = analysis.threshold_in_use
+    for row in queryset.iterator(chunk_size=CHUNK_SIZE):
+        fields, box = row[:_N_SCORE_FIELDS], row[_N_SCORE_FIELDS:]
+        yield (*fields, label(fields[_SCORE], fields[_LEARNING], threshold), *box)
 
 
 def _pieces(lines: Iterator[str]) -> Iterator[str]:
@@ -140,6 +160,10 @@ def _json_lines(analysis: Analysis) -> Iterator[str]:
         "name": analysis.name,
         "camera": analysis.camera.name,
         "threshold": analysis.threshold,
+        "threshold_in_use": analysis.threshold_in_use,
+        "auto_threshold": analysis.auto_threshold,
+        "mode": analysis.mode,
+        "learning_seconds": analysis.learning_seconds,
         "sampling_fps": analysis.sampling_fps,
         "status": analysis.status,
         "normal_prompts": analysis.prompt_list("normal"),
@@ -150,7 +174,7 @@ def _json_lines(analysis: Analysis) -> Iterator[str]:
     for row in _rows(analysis):
         item = dict(zip(COLUMNS, row, strict=True))
         item["captured_at"] = _iso(item["captured_at"])
-        for key in ("time_s", "score", "normal_similarity", "anomaly_similarity"):
+        for key in _NUMBERS:
             item[key] = _number(item[key])
         yield separator + json.dumps(item, allow_nan=False)
         separator = ",\n"

@@ -13,7 +13,9 @@ from detection import validators
 from detection.engine import MediaError
 from detection.engine.images import load_image
 from detection.engine.limits import split_prompts
+from detection.engine.prompt_help import sound_warnings
 from detection.engine.video import VIDEO_EXTENSIONS
+from detection.models import Analysis
 from detection.web.storage import video_extension
 
 IMAGE_MAX_MB = 20
@@ -55,6 +57,18 @@ class PromptsForm(forms.Form):
         help_text="Probability of anomaly at or above which a frame is an anomaly.",
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Advice, not errors (prompts that describe sound): a valid form still submits.
+        self.warnings: list[str] = []
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        self.warnings = sound_warnings(
+            split_prompts(data.get("normal_prompts")), split_prompts(data.get("anomaly_prompts"))
+        )
+        return data
+
     def clean_normal_prompts(self) -> str:
         # Stored one prompt per line, without the blank lines and stray spaces.
         return "\n".join(split_prompts(self.cleaned_data["normal_prompts"]))
@@ -79,6 +93,18 @@ class VideoUploadForm(PromptsForm):
         validators=[validators.sampling_fps],
         widget=forms.NumberInput(attrs={"step": "0.1", "min": "0.1"}),
     )
+    # Learning the normal: the model's fields (choices, bounds, help), as the admin has them.
+    # Left out of a POST, they take the model's defaults (the prototype's scoring).
+    mode = Analysis._meta.get_field("mode").formfield(label="Scoring mode", required=False)
+    learning_seconds = Analysis._meta.get_field("learning_seconds").formfield(
+        label="Learning period (seconds)",
+        required=False,
+        validators=Analysis._meta.get_field("learning_seconds").validators,
+        widget=forms.NumberInput(attrs={"step": "1", "min": "0"}),
+    )
+    auto_threshold = Analysis._meta.get_field("auto_threshold").formfield(
+        label="Automatic threshold"
+    )
 
     field_order = ["video", "name", "normal_prompts", "anomaly_prompts", "sampling_fps"]
 
@@ -90,6 +116,13 @@ class VideoUploadForm(PromptsForm):
         if oversized:
             # The upload handler dropped the file; say why instead of "required".
             self.fields["video"].required = False
+
+    def clean_mode(self) -> str:
+        return self.cleaned_data.get("mode") or Analysis.Mode.PROMPTS
+
+    def clean_learning_seconds(self) -> float:
+        value = self.cleaned_data.get("learning_seconds")
+        return 0.0 if value is None else value
 
     def clean_video(self) -> Any:
         video = self.cleaned_data.get("video")
@@ -113,7 +146,39 @@ class VideoUploadForm(PromptsForm):
         if not data.get("name") and video is not None:
             # The client's filename is only a label here; it never becomes a path.
             data["name"] = (_stem(video.name) or "Uploaded video")[:120]
+        # A new upload is a new camera: it has no examples of its normal yet.
+        problem = learning_error(
+            data.get("mode"), data.get("learning_seconds"), False, may_add_examples=False
+        )
+        if problem is not None and "learning_seconds" not in self.errors:
+            self.add_error("learning_seconds", problem)
         return data
+
+
+def learning_error(
+    mode: str | None,
+    learning_seconds: float | None,
+    has_normal_examples: bool,
+    *,
+    may_add_examples: bool = True,
+) -> ValidationError | None:
+    """Normality and combined modes measure the distance to a learned normal: they need a
+    learning period, or normal examples of the camera to start from."""
+    if mode not in (Analysis.Mode.NORMALITY, Analysis.Mode.COMBINED) or has_normal_examples:
+        return None
+    if learning_seconds is not None and learning_seconds > 0:
+        return None
+    return ValidationError(
+        "The %(mode)s mode compares frames with what the camera learned as normal: give a "
+        "learning period above 0 seconds%(or_examples)s.",
+        code="nothing_to_learn",
+        params={
+            "mode": Analysis.Mode(mode).value,
+            "or_examples": ", or add normal examples of the camera first"
+            if may_add_examples
+            else "",
+        },
+    )
 
 
 class ImageTestForm(PromptsForm):

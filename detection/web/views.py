@@ -13,6 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Count
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -20,14 +21,17 @@ from django.views.decorators.http import require_POST, require_safe
 
 from detection import actions
 from detection.access import visible_analyses, visible_incidents
+from detection.engine.prompt_help import sound_warnings
 from detection.frames import latest_frame_path
 from detection.live.messages import incident_message
-from detection.models import Analysis, FrameScore, Incident
+from detection.models import Analysis, Exemplar, FrameScore, Incident
+from detection.web.exemplars import ExemplarForm
 from detection.web.series import display_series
 
 SCORES_PER_PAGE = 100
 # A live camera collects incidents for months; the page shows the newest, the admin all.
 INCIDENTS_SHOWN = 100
+EXEMPLARS_SHOWN = 60
 CHANGE_PERMISSION = "detection.change_analysis"
 
 
@@ -50,6 +54,43 @@ def _metadata_rows(metadata: object) -> list[tuple[str, str]]:
     return sorted((str(key), _display_value(value)) for key, value in metadata.items())
 
 
+def threshold_text(analysis: Analysis) -> str:
+    """The threshold in use: the fixed one, or the automatic one once the worker derived it."""
+    if not analysis.auto_threshold:
+        return format(analysis.threshold, "g")
+    used = (analysis.metadata or {}).get("anomaly_threshold")
+    if isinstance(used, (int, float)) and not isinstance(used, bool) and math.isfinite(used):
+        return f"automatic: {format(used, '.3g')}"
+    return "automatic: derived after learning"
+
+
+def learning_state(analysis: Analysis) -> dict[str, float] | None:
+    """{"start", "elapsed", "of"} seconds while the newest stored frame is still being
+    learned as normal; None otherwise. `start` is the time of the first stored frame."""
+    if analysis.learning_seconds <= 0:
+        return None
+    scores = FrameScore.objects.filter(analysis=analysis)
+    latest = scores.order_by("-frame_index").values_list("learning", "time_s").first()
+    if latest is None or not latest[0]:
+        return None
+    start = scores.order_by("frame_index").values_list("time_s", flat=True).first()
+    elapsed = max(0.0, latest[1] - (start or 0.0))
+    return {"start": start or 0.0, "elapsed": elapsed, "of": analysis.learning_seconds}
+
+
+def _exemplars(analysis: Analysis) -> dict[str, object]:
+    applying = actions.exemplars_for(analysis)
+    counts = dict(applying.order_by().values_list("kind").annotate(n=Count("pk")))
+    return {
+        "exemplars": list(applying.select_related("created_by")[:EXEMPLARS_SHOWN]),
+        "exemplar_counts": {
+            "normal": counts.get(Exemplar.Kind.NORMAL, 0),
+            "anomaly": counts.get(Exemplar.Kind.ANOMALY, 0),
+        },
+        "exemplar_form": ExemplarForm(),
+    }
+
+
 def is_live_view(analysis: Analysis) -> bool:
     """Live cameras and file analyses still in progress get the websocket view."""
     return analysis.camera.is_live or analysis.status in actions.STOPPABLE
@@ -62,10 +103,14 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
     # get_page() turns junk or out-of-range ?page= into the first or last page, not a 500.
     page = Paginator(scores, SCORES_PER_PAGE).get_page(request.GET.get("page"))
     live = is_live_view(analysis)
-    incidents = analysis.incidents.select_related("acknowledged_by")
+    incidents = analysis.incidents.select_related("acknowledged_by", "feedback_by")
     # Live: newest first, like the socket's list; results: in the order they happened.
     incidents = incidents.order_by(*(("-started_at", "-id") if live else ("start_time_s", "id")))
     incident_list = list(incidents[:INCIDENTS_SHOWN])
+    normal_prompts, anomaly_prompts = (
+        analysis.prompt_list("normal"),
+        analysis.prompt_list("anomaly"),
+    )
     frame_url = ""
     if latest_frame_path(analysis.pk).exists():
         version = analysis.last_frame_index if analysis.last_frame_index is not None else 0
@@ -76,8 +121,9 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "analysis": analysis,
             "camera": analysis.camera,
-            "normal_prompts": analysis.prompt_list("normal"),
-            "anomaly_prompts": analysis.prompt_list("anomaly"),
+            "normal_prompts": normal_prompts,
+            "anomaly_prompts": anomaly_prompts,
+            "prompt_warnings": sound_warnings(normal_prompts, anomaly_prompts),
             "metadata": _metadata_rows(analysis.metadata),
             "incidents": incident_list,
             "incidents_total": incidents.count()
@@ -91,6 +137,10 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "can_change": request.user.has_perm(CHANGE_PERMISSION),
             "can_queue": analysis.status in actions.QUEUEABLE,
             "can_stop": analysis.status in actions.STOPPABLE,
+            "threshold_text": threshold_text(analysis),
+            "threshold_in_use": analysis.threshold_in_use,
+            "learning": learning_state(analysis),
+            **_exemplars(analysis),
         },
     )
 
@@ -156,6 +206,52 @@ def acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
         who = incident.acknowledged_by.get_username() if incident.acknowledged_by else "someone"
         messages.info(request, f"The incident was already acknowledged by {who}.")
     return redirect(incident.analysis)
+
+
+FEEDBACK_DONE = {
+    Incident.Feedback.FALSE_ALARM: "Marked as a false alarm: its frames now teach the camera "
+    "what is normal.",
+    Incident.Feedback.CONFIRMED: "Confirmed: its frames are now examples of an anomaly.",
+}
+NO_FRAME = " No frame of this incident was available to learn from."
+
+
+def _feedback(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+    """Like acknowledging: any viewer of the camera may say what an incident was."""
+    incident = get_object_or_404(visible_incidents(request.user).select_related("analysis"), pk=pk)
+    result = actions.feedback(incident, kind, request.user)
+    incident = result.incident
+    if result.changed:
+        text = FEEDBACK_DONE[kind] + (NO_FRAME if result.no_frame else "")
+    else:
+        text = f"The incident was already marked “{incident.get_feedback_display()}”."
+    if _wants_json(request):
+        return JsonResponse(
+            {
+                "ok": True,
+                "changed": result.changed,
+                "exemplars": result.exemplars,
+                "message": text,
+                "incident": incident_message(incident),
+            }
+        )
+    if result.changed:
+        (messages.warning if result.no_frame else messages.success)(request, text)
+    else:
+        messages.info(request, text)
+    return redirect(incident.analysis)
+
+
+@login_required
+@require_POST
+def false_alarm(request: HttpRequest, pk: int) -> HttpResponse:
+    return _feedback(request, pk, Incident.Feedback.FALSE_ALARM)
+
+
+@login_required
+@require_POST
+def confirm(request: HttpRequest, pk: int) -> HttpResponse:
+    return _feedback(request, pk, Incident.Feedback.CONFIRMED)
 
 
 def _changeable(request: HttpRequest, pk: int) -> Analysis:

@@ -528,6 +528,7 @@ class Worker:
             analysis.mode,
             analysis.learning_seconds,
             AUTO if analysis.auto_threshold else analysis.threshold,
+            crops=conf.normality_crops(),
         )
         watch = memory.ExampleWatch()
         saved = detector.learn_seconds == 0

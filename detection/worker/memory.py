@@ -16,30 +16,26 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, QuerySet
 
-from detection.engine import EngineError, LoadedModel
+from detection.actions import exemplars_for
+from detection.engine import EngineError
 from detection.engine.detector import Detector
-from detection.engine.features import N_VIEWS, embed_frames
+from detection.engine.features import N_VIEWS
 from detection.engine.images import load_image
 from detection.models import Analysis, Exemplar, LearnedMemory
 
 log = logging.getLogger(__name__)
 
 
-def model_key(loaded: LoadedModel) -> str:
-    """Which model's embeddings these are: the architecture and the weights."""
-    return f"{loaded.spec.name}|{loaded.spec.pretrained}"
+def model_key(detector: Detector) -> str:
+    """Which embeddings these are: the architecture, the weights and the views."""
+    return detector.feature_key
 
 
-def exemplars_for(analysis: Analysis) -> QuerySet[Exemplar]:
-    """The examples that apply to an analysis: its own and its camera's."""
-    return Exemplar.objects.filter(Q(analysis=analysis) | Q(camera_id=analysis.camera_id))
-
-
-def embed_exemplars(loaded: LoadedModel, exemplars: QuerySet[Exemplar]) -> int:
+def embed_exemplars(detector: Detector, exemplars: QuerySet[Exemplar]) -> int:
     """Embed the exemplars that have no embedding from this model; returns how many."""
-    key = model_key(loaded)
+    key = model_key(detector)
     todo = list(exemplars.exclude(model_spec=key).exclude(image=""))
     todo += list(exemplars.filter(model_spec=key, embedding__isnull=True).exclude(image=""))
     done = 0
@@ -50,17 +46,17 @@ def embed_exemplars(loaded: LoadedModel, exemplars: QuerySet[Exemplar]) -> int:
         except (OSError, EngineError) as exc:
             log.warning("exemplar %s: its image cannot be read (%s); left out", exemplar.pk, exc)
             continue
-        views = embed_frames(loaded, [frame])[0].astype(np.float32)
+        views = detector.embed([frame])[0].astype(np.float32)
         Exemplar.objects.filter(pk=exemplar.pk).update(embedding=views.tobytes(), model_spec=key)
         done += 1
     return done
 
 
 def example_views(
-    loaded: LoadedModel, exemplars: QuerySet[Exemplar]
+    detector: Detector, exemplars: QuerySet[Exemplar]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(normal, anomaly) views arrays of the exemplars embedded by this model."""
-    key = model_key(loaded)
+    key = model_key(detector)
     rows = exemplars.filter(model_spec=key, embedding__isnull=False).values_list(
         "kind", "embedding"
     )
@@ -91,10 +87,9 @@ class ExampleWatch:
 
 def load_examples(detector: Detector, analysis: Analysis) -> int:
     """Embed what needs it and hand the examples to the detector; returns how many."""
-    loaded = detector.scorer.loaded
     exemplars = exemplars_for(analysis)
-    embed_exemplars(loaded, exemplars)
-    normal, anomalies = example_views(loaded, exemplars)
+    embed_exemplars(detector, exemplars)
+    normal, anomalies = example_views(detector, exemplars)
     detector.set_examples(normal, anomalies)
     return len(normal) + len(anomalies)
 
@@ -103,7 +98,7 @@ def save_learned(analysis: Analysis, detector: Detector) -> None:
     LearnedMemory.objects.update_or_create(
         analysis=analysis,
         defaults={
-            "model_spec": model_key(detector.scorer.loaded),
+            "model_spec": model_key(detector),
             "frames": len(detector.learned_prompt_scores),
             "data": detector.learned_state(),
         },
@@ -115,7 +110,7 @@ def restore_learned(analysis: Analysis, detector: Detector) -> bool:
     memory = LearnedMemory.objects.filter(analysis=analysis).first()
     if memory is None:
         return False
-    key = model_key(detector.scorer.loaded)
+    key = model_key(detector)
     if memory.model_spec != key:
         raise EngineError(
             f"this analysis learned its normal with {memory.model_spec.replace('|', ' / ')}, "

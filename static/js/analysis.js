@@ -11,6 +11,10 @@
   const role = (name) => root.querySelector(`[data-role="${name}"]`);
   let threshold = parseFloat(root.dataset.threshold);
   const isFile = root.dataset.isFile === "true";
+  const autoThreshold = root.dataset.autoThreshold === "true";
+  const learningSeconds = parseFloat(root.dataset.learningSeconds) || 0;
+  // The time of the first frame learned (the stored one, else the first that arrives).
+  let learningStart = root.dataset.learningStart === "" ? null : parseFloat(root.dataset.learningStart);
   const fixed2 = (v) => (typeof v === "number" ? v.toFixed(2) : "?");
   const fixed3 = (v) => (typeof v === "number" ? v.toFixed(3) : "?");
 
@@ -40,12 +44,13 @@
     return match ? decodeURIComponent(match[1]) : "";
   }
 
-  function ackForm(id) {
+  // A POST form with the page's CSRF token; `template` is the action for incident 0.
+  function postForm(template, id, role, text) {
     const form = document.createElement("form");
     form.method = "post";
-    form.action = table.dataset.ackUrl.replace(/\/0\/acknowledge\/$/, `/${id}/acknowledge/`);
+    form.action = template.replace(/\/0\/([a-z-]+)\/$/, `/${id}/$1/`);
     form.className = "inline";
-    form.dataset.role = "ack-form";
+    form.dataset.role = role;
     const token = document.createElement("input");
     token.type = "hidden";
     token.name = "csrfmiddlewaretoken";
@@ -53,9 +58,45 @@
     const button = document.createElement("button");
     button.type = "submit";
     button.className = "secondary small";
-    button.textContent = "Acknowledge";
+    button.textContent = text;
     form.append(token, button);
     return form;
+  }
+
+  function ackForm(id) {
+    return postForm(table.dataset.ackUrl, id, "ack-form", "Acknowledge");
+  }
+
+  const FEEDBACK = {
+    false_alarm: { label: "False alarm", url: "falseAlarmUrl" },
+    confirmed: { label: "Confirm", url: "confirmUrl", given: "Confirmed anomaly" },
+  };
+
+  // The feedback given (a badge) and the two buttons; the given one is disabled.
+  function showFeedback(td, inc) {
+    let given = td.querySelector('[data-role="feedback-given"]');
+    if (!given) {
+      given = document.createElement("span");
+      given.dataset.role = "feedback-given";
+      td.append(given);
+      for (const [kind, spec] of Object.entries(FEEDBACK)) {
+        if (!table.dataset[spec.url]) continue;
+        const form = postForm(table.dataset[spec.url], inc.id, "feedback-form", spec.label);
+        form.dataset.feedback = kind;
+        td.append(" ", form);
+      }
+    }
+    const kind = typeof inc.feedback === "string" && FEEDBACK[inc.feedback] ? inc.feedback : null;
+    if (kind) {
+      const span = document.createElement("span");
+      span.className = `badge feedback-${kind}`;
+      span.textContent = FEEDBACK[kind].given || FEEDBACK[kind].label;
+      given.replaceChildren(span);
+    } else given.replaceChildren();
+    for (const form of td.querySelectorAll('form[data-role="feedback-form"]')) {
+      const button = form.querySelector("button");
+      if (button) button.disabled = form.dataset.feedback === kind;
+    }
   }
 
   function dateTime(iso) {
@@ -83,7 +124,15 @@
       const started = document.createElement("td");
       started.textContent = "—";
       const note = document.createElement("td");
-      row.append(cell(row, "thumb"), cell(row, "range"), started, cell(row, "peak"), cell(row, "ack"), note);
+      row.append(
+        cell(row, "thumb"),
+        cell(row, "range"),
+        started,
+        cell(row, "peak"),
+        cell(row, "ack"),
+        cell(row, "feedback"),
+        note,
+      );
       tbody.prepend(row); // live lists are newest first
       const wrap = role("incident-wrap");
       if (wrap) wrap.hidden = false;
@@ -103,6 +152,7 @@
     } else if (!ack.querySelector("form")) {
       ack.replaceChildren(ackForm(inc.id));
     }
+    if ("feedback" in inc) showFeedback(cell(row, "feedback"), inc);
   }
 
   // The peak frame, through the access-checked view; its URL changes when the worker
@@ -134,7 +184,7 @@
 
   if (tbody) {
     tbody.addEventListener("submit", async (event) => {
-      const form = event.target.closest('form[data-role="ack-form"]');
+      const form = event.target.closest('form[data-role="ack-form"], form[data-role="feedback-form"]');
       if (!form) return;
       event.preventDefault();
       const button = form.querySelector("button");
@@ -150,6 +200,11 @@
         if (!response.ok || !type.includes("application/json")) throw new Error(String(response.status));
         const data = await response.json();
         upsertIncident(data.incident);
+        if (form.dataset.role === "feedback-form") {
+          if (button) button.disabled = true;
+          const row = form.closest("tr");
+          if (row && typeof data.message === "string") row.title = data.message;
+        }
       } catch (err) {
         if (button) button.disabled = false;
         let note = form.querySelector(".form-error");
@@ -209,7 +264,8 @@
     set("sum-frames", String(summary.frames_scored));
     const last = role("sum-last");
     if (last && typeof summary.last_score === "number") {
-      last.replaceChildren(`${fmt(summary.last_score)} `, L.scoreBadge(summary.last_score, threshold));
+      const badge = L.scoreBadge(summary.last_score, threshold, summary.last_learning);
+      last.replaceChildren(`${fmt(summary.last_score)} `, badge);
     }
     const at = typeof summary.peak_time_s === "number" ? ` at ${summary.peak_time_s.toFixed(2)} s` : "";
     set("sum-peak", typeof summary.peak_score === "number" ? fmt(summary.peak_score) + at : "—");
@@ -222,6 +278,7 @@
     summary.average_score = ((summary.average_score || 0) * n + msg.score) / (n + 1);
     summary.frames_scored = n + 1;
     summary.last_score = msg.score;
+    summary.last_learning = Boolean(msg.learning);
     if (typeof summary.peak_score !== "number" || msg.score > summary.peak_score) {
       summary.peak_score = msg.score;
       summary.peak_time_s = msg.time_s;
@@ -229,13 +286,39 @@
     renderSummary();
   }
 
-  function showCurrent(score) {
+  function showCurrent(msg) {
+    const score = msg.score;
     if (typeof score !== "number") return;
     const current = role("current-score");
     if (current) current.textContent = score.toFixed(3);
     const label = role("current-label");
-    if (label) label.replaceChildren(L.scoreBadge(score, threshold));
-    root.classList.toggle("is-anomaly", score >= threshold);
+    if (label) label.replaceChildren(L.scoreBadge(score, threshold, msg.learning));
+    root.classList.toggle("is-anomaly", !msg.learning && score >= threshold);
+    showLearning(msg);
+  }
+
+  // "learning: 12 of 30 s" while the newest frames are learned as normal.
+  function showLearning(msg) {
+    const el = role("learning");
+    if (!el) return;
+    if (!msg.learning || typeof msg.time_s !== "number") {
+      el.hidden = true;
+      return;
+    }
+    if (learningStart === null || msg.time_s < learningStart) learningStart = msg.time_s;
+    const elapsed = Math.max(0, msg.time_s - learningStart);
+    el.textContent = `learning: ${Math.round(elapsed)} of ${Number(learningSeconds.toFixed(1))} s`;
+    el.hidden = false;
+  }
+
+  // The threshold in use changed (the automatic one, once learning ended).
+  function setThreshold(value) {
+    if (typeof value !== "number" || value === threshold) return;
+    threshold = value;
+    root.dataset.threshold = String(value);
+    const text = autoThreshold ? `automatic: ${Number(value.toPrecision(3))}` : String(value);
+    for (const el of [...roles("threshold-now"), ...roles("threshold-in-use")]) el.textContent = text;
+    if (chart) chart.setThreshold(value);
   }
 
   const img = role("frame");
@@ -275,15 +358,23 @@
   // --- Chart ----------------------------------------------------------------------------------
 
   const canvas = document.getElementById("score-chart");
+  let chart = null;
   if (!canvas || !window.Chart) return;
-  let chart;
 
   if (root.dataset.mode === "results") {
     const node = document.getElementById("series-data");
     const series = node ? JSON.parse(node.textContent) : { points: [] };
     const peak = series.peak ? { x: series.peak.t, y: series.peak.s, i: series.peak.i } : null;
     chart = L.scoreChart(canvas, { threshold, window: 0, peak });
-    chart.replace(series.points.map((p) => ({ x: p.t, y: p.s, i: p.i })));
+    chart.replace(
+      series.points.map((p) => {
+        const point = { x: p.t, y: p.s, i: p.i };
+        if (p.l) point.l = true;
+        if (typeof p.p === "number") point.p = p.p;
+        if (typeof p.n === "number") point.n = p.n;
+        return point;
+      }),
+    );
   } else {
     const useClock = root.dataset.isLive === "true";
     const window_ = parseInt(root.dataset.window, 10) || 60;
@@ -294,15 +385,19 @@
     L.connect(root.dataset.wsUrl, {
       onState: (state, detail) => L.showState(stateEl, state, detail),
       onSnapshot(msg, append) {
-        if (typeof msg.threshold === "number") {
-          threshold = msg.threshold;
-          chart.setThreshold(threshold);
-        }
+        setThreshold(msg.threshold);
         if (append) chart.add(points(msg.scores));
         else chart.replace(points(msg.scores));
-        if (msg.scores.length) showCurrent(msg.scores[msg.scores.length - 1].score);
+        for (const score of msg.scores) {
+          if (score.learning && (learningStart === null || score.time_s < learningStart)) {
+            learningStart = score.time_s;
+          }
+        }
+        if (msg.scores.length) showCurrent(msg.scores[msg.scores.length - 1]);
         if (msg.summary) {
           summary = { ...msg.summary };
+          const newest = msg.scores[msg.scores.length - 1];
+          if (newest) summary.last_learning = Boolean(newest.learning);
           renderSummary();
         }
         applyStatus(msg);
@@ -311,17 +406,15 @@
         if (msg.frame_url) setFrame(msg.frame_url);
       },
       onScore(msg) {
-        if (typeof msg.threshold === "number" && msg.threshold !== threshold) {
-          threshold = msg.threshold;
-          chart.setThreshold(threshold);
-        }
+        setThreshold(msg.threshold);
         chart.add(points([msg]));
-        showCurrent(msg.score);
+        showCurrent(msg);
         countScore(msg);
       },
       onMessage(msg) {
         if (msg.type === "status") {
           if (msg.reset && tbody) tbody.replaceChildren();
+          if (msg.reset) learningStart = null; // a re-run learns again from its start
           applyStatus(msg);
         } else if (msg.type === "progress") setProgress(msg.progress);
         else if (msg.type === "incident") upsertIncident(msg);

@@ -25,12 +25,13 @@
       compact: true,
     });
 
-    function setScore(score) {
+    function setScore(msg) {
       const holder = role("score");
+      const score = msg.score;
       if (!holder || typeof score !== "number") return;
       const text = document.createElement("span");
       text.textContent = `last score ${score.toFixed(3)}`;
-      holder.replaceChildren(text, " ", L.scoreBadge(score, threshold));
+      holder.replaceChildren(text, " ", L.scoreBadge(score, threshold, msg.learning));
     }
 
     function countFrames(n) {
@@ -79,13 +80,18 @@
         } else {
           chart.replace(points(msg.scores));
         }
-        if (msg.scores.length) setScore(msg.scores[msg.scores.length - 1].score);
+        if (msg.scores.length) setScore(msg.scores[msg.scores.length - 1]);
         applyStatus(msg);
         if (!ACTIVE.includes(msg.status)) conn.close();
       },
       onScore(msg) {
+        // The threshold in use changes once an automatic one is derived.
+        if (typeof msg.threshold === "number" && msg.threshold !== threshold) {
+          threshold = msg.threshold;
+          chart.setThreshold(threshold);
+        }
         chart.add(points([msg]));
-        setScore(msg.score);
+        setScore(msg);
         countFrames(1);
       },
       onMessage(msg) {

@@ -186,7 +186,9 @@
     holder.replaceChildren(badge(`status-${status}`, label(status)));
   }
 
-  function scoreBadge(score, threshold) {
+  // Learning frames are learned as normal and never judged against the threshold.
+  function scoreBadge(score, threshold, learning) {
+    if (learning) return badge("badge-learning", "Learning");
     return score >= threshold ? badge("badge-anomaly", "Anomaly") : badge("badge-normal", "Normal");
   }
 
@@ -211,6 +213,8 @@
     threshold: "#93370d",
     peak: "#6e1a11",
     grid: "#eaecf0",
+    learning: "#98a2b3",
+    learningBand: "rgba(152, 162, 179, 0.16)",
   };
 
   // Fill the canvas white, so the downloaded PNG is not transparent.
@@ -226,12 +230,47 @@
     },
   };
 
-  // A score as a chart point: x is wall-clock ms (live cameras) or seconds from the start.
+  // A score as a chart point: x is wall-clock ms (live cameras) or seconds from the start;
+  // l: learned as normal (never judged), p: the prompts' score, n: novelty (where present).
   function toPoint(score, useClock) {
     let x = score.time_s;
     if (useClock) x = score.captured_at ? Date.parse(score.captured_at) : Date.now();
-    return { x, y: score.score, i: score.frame_index };
+    const point = { x, y: score.score, i: score.frame_index };
+    if (score.learning) point.l = true;
+    if (typeof score.prompt_score === "number") point.p = score.prompt_score;
+    if (typeof score.novelty === "number") point.n = score.novelty;
+    return point;
   }
+
+  // A grey band behind each run of learning points (chart.$learning holds the points).
+  const learningBand = {
+    id: "clipwatchLearning",
+    beforeDatasetsDraw(chart) {
+      const points = chart.$learning;
+      if (!points || !points.length) return;
+      const { ctx, chartArea, scales } = chart;
+      ctx.save();
+      ctx.fillStyle = COLORS.learningBand;
+      let start = null;
+      for (let k = 0; k <= points.length; k++) {
+        const p = points[k];
+        if (p && p.l) {
+          if (start === null) start = k;
+          continue;
+        }
+        if (start !== null) {
+          // From the first learning point to the next judged one (or the last learning one).
+          const x0 = scales.x.getPixelForValue(points[start].x);
+          const x1 = scales.x.getPixelForValue((p || points[k - 1]).x);
+          const left = Math.max(chartArea.left, Math.min(x0, x1));
+          const right = Math.min(chartArea.right, Math.max(x0, x1));
+          if (right > left) ctx.fillRect(left, chartArea.top, right - left, chartArea.bottom - chartArea.top);
+          start = null;
+        }
+      }
+      ctx.restore();
+    },
+  };
 
   /* opts: threshold, window (points kept; 0 = all), compact, clock, peak ({x, y}) */
   function scoreChart(canvas, opts) {
@@ -240,7 +279,8 @@
     const compact = Boolean(opts.compact);
     const points = [];
     const thresholdLine = [];
-    const anomalous = (ctx) => Boolean(ctx.raw) && ctx.raw.y >= threshold;
+    const anomalous = (ctx) => Boolean(ctx.raw) && !ctx.raw.l && ctx.raw.y >= threshold;
+    const learning = (ctx) => Boolean(ctx.raw) && Boolean(ctx.raw.l);
     const formatX = (v) => {
       if (!points.length) return ""; // no made-up axis before the first score
       return opts.clock ? clock(v) : seconds(v);
@@ -256,10 +296,20 @@
         // Highlight anomalous points; plain ones vanish when there are many.
         pointRadius: (ctx) =>
           anomalous(ctx) ? (compact ? 2 : 3.5) : compact || points.length > 300 ? 0 : 2,
-        pointBackgroundColor: (ctx) => (anomalous(ctx) ? COLORS.anomaly : COLORS.line),
-        pointBorderColor: (ctx) => (anomalous(ctx) ? COLORS.anomaly : COLORS.line),
+        pointBackgroundColor: (ctx) =>
+          learning(ctx) ? COLORS.learning : anomalous(ctx) ? COLORS.anomaly : COLORS.line,
+        pointBorderColor: (ctx) =>
+          learning(ctx) ? COLORS.learning : anomalous(ctx) ? COLORS.anomaly : COLORS.line,
         segment: {
-          borderColor: (ctx) => (ctx.p1.parsed.y >= threshold ? COLORS.anomaly : undefined),
+          borderColor: (ctx) => {
+            const raw = points[ctx.p1DataIndex];
+            if (raw && raw.l) return COLORS.learning;
+            return ctx.p1.parsed.y >= threshold ? COLORS.anomaly : undefined;
+          },
+          borderDash: (ctx) => {
+            const raw = points[ctx.p1DataIndex];
+            return raw && raw.l ? [3, 3] : undefined;
+          },
         },
       },
       {
@@ -291,10 +341,23 @@
       });
     }
 
+    // In the legend only: what the grey band means, once there is one.
+    datasets.push({
+      label: "Learning (never judged)",
+      data: [],
+      parsing: false,
+      borderColor: COLORS.learning,
+      backgroundColor: COLORS.learningBand,
+      borderDash: [3, 3],
+      borderWidth: 1,
+      pointRadius: 0,
+    });
+    const learningDataset = datasets.length - 1;
+
     const chart = new window.Chart(canvas, {
       type: "line",
       data: { datasets },
-      plugins: [whiteBackground],
+      plugins: [whiteBackground, learningBand],
       options: {
         animation: false,
         responsive: true,
@@ -317,15 +380,25 @@
           },
         },
         plugins: {
-          legend: { display: !compact, labels: { boxHeight: 2 } },
+          legend: {
+            display: !compact,
+            labels: {
+              boxHeight: 2,
+              filter: (item) => item.datasetIndex !== learningDataset || points.some((p) => p.l),
+            },
+          },
           tooltip: {
             enabled: !compact,
-            filter: (item) => item.datasetIndex !== 1,
+            filter: (item) => item.datasetIndex !== 1 && item.datasetIndex !== learningDataset,
             callbacks: {
               title: (items) => (items.length ? formatX(items[0].raw.x) : ""),
               label: (item) => {
                 const frame = item.raw.i === undefined ? "" : ` (frame ${item.raw.i})`;
-                return `${item.dataset.label}: ${item.raw.y.toFixed(3)}${frame}`;
+                const lines = [`${item.dataset.label}: ${item.raw.y.toFixed(3)}${frame}`];
+                if (typeof item.raw.p === "number") lines.push(`prompts: ${item.raw.p.toFixed(3)}`);
+                if (typeof item.raw.n === "number") lines.push(`novelty: ${item.raw.n.toFixed(3)}`);
+                if (item.raw.l) lines.push("learning: learned as normal, never judged");
+                return lines;
               },
             },
           },
@@ -340,6 +413,8 @@
         thresholdLine.push({ x: points[points.length - 1].x, y: threshold });
       }
     }
+
+    chart.$learning = points;
 
     function add(list) {
       for (const p of list) {

@@ -31,13 +31,19 @@ def test_it_reports_every_path_side_by_side_with_the_ceiling_and_live_capacity(
         live_warmup_s=1.0,
         live_measure_s=2.0,
         matmul_sizes=(128,),
+        learn_s=1.0,
         log=messages.append,
     )
     data = report.as_dict()
     assert set(data) == {
         "machine", "video", "model", "ceiling", "encoder", "paths", "live", "live_held",
-        "peak_rss_mib", "seconds",
+        "modes", "peak_rss_mib", "seconds",
     }  # fmt: skip
+    # Each scoring mode measured three times; the cost of normality is relative to prompts.
+    assert set(data["modes"]) == {"prompts", "normality", "combined"}
+    for name, mode in data["modes"].items():
+        assert len(mode["fps_runs"]) == 3 and mode["fps"] > 0, name
+    assert data["modes"]["prompts"]["overhead"] == 0.0
 
     machine = data["machine"]
     assert machine["isa"] in ("amx", "avx512_bf16", "none")
@@ -72,7 +78,7 @@ def test_it_reports_every_path_side_by_side_with_the_ceiling_and_live_capacity(
     assert data["peak_rss_mib"] > 0 and data["seconds"] > 0
 
     table = bench.format_report(report)
-    for word in (*PATHS, "Ceiling", "Encoder alone", "Live capacity", "Peak RSS"):
+    for word in (*PATHS, "Ceiling", "Encoder alone", "Live capacity", "normality", "Peak RSS"):
         assert word in table
     assert any("live capacity" in m for m in messages)
     bench.write_json(report, tmp_path / "report.json")

@@ -277,6 +277,8 @@ def test_it_adds_an_analysis_and_records_who_created_it(admin_client, admin_user
         "skip_black_frames": "on",
         "motion_gating": "on",
         "rescore_interval_s": "3",
+        "mode": "prompts",
+        "learning_seconds": "0",
         "status": Status.QUEUED,
     }
     response = admin_client.post(reverse("admin:detection_analysis_add"), data)

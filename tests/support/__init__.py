@@ -13,6 +13,7 @@
 - `live`: clients of the live socket (a resyncing watcher, static/js/live.js under Node).
 - `worker`: a publisher that records, file analyses, the indices a run stores.
 - `dns`: name resolution answered from a table.
+- `chat`: a local OpenAI-compatible chat-completions server (the prompt assistant).
 """
 
 from __future__ import annotations

@@ -25,12 +25,18 @@ HEADER = [
     "score",
     "normal_similarity",
     "anomaly_similarity",
+    "prompt_score",
+    "novelty",
+    "learning",
     "label",
     "box_x0",
     "box_y0",
     "box_x1",
     "box_y1",
 ]
+
+CAPTURED = "2025-05-01T12:00:00+00:00"
+NO_BOX = ["", "", "", ""]
 
 
 @pytest.fixture
@@ -87,9 +93,9 @@ def test_it_exports_exactly_the_stored_scores_as_csv_in_frame_order(client, view
     rows = list(csv.reader(io.StringIO(_body(response))))
     assert rows == [
         HEADER,
-        ["0", "0.0", "2025-05-01T12:00:00+00:00", "0.1", "0.25", "0.24", "Normal", "", "", "", ""],
-        ["10", "5.0", "", "0.5", "0.25", "0.24", "Anomaly", "", "", "", ""],
-        ["20", "10.0", "", "0.9", "0.1", "0.3", "Anomaly", "0", "0", "80", "60"],
+        ["0", "0.0", CAPTURED, "0.1", "0.25", "0.24", "", "", "False", "Normal", *NO_BOX],
+        ["10", "5.0", "", "0.5", "0.25", "0.24", "", "", "False", "Anomaly", *NO_BOX],
+        ["20", "10.0", "", "0.9", "0.1", "0.3", "", "", "False", "Anomaly", "0", "0", "80", "60"],
     ]
 
 
@@ -108,6 +114,10 @@ def test_it_exports_exactly_the_stored_scores_as_json_in_frame_order(client, vie
         "name": "Gate",
         "camera": stored.camera.name,
         "threshold": 0.5,
+        "threshold_in_use": 0.5,
+        "auto_threshold": False,
+        "mode": "prompts",
+        "learning_seconds": 0.0,
         "sampling_fps": 2.0,
         "status": "draft",
         "normal_prompts": ["a closed gate", "an empty yard"],
@@ -123,6 +133,9 @@ def test_it_exports_exactly_the_stored_scores_as_json_in_frame_order(client, vie
         "score": 0.1,
         "normal_similarity": 0.25,
         "anomaly_similarity": 0.24,
+        "prompt_score": None,
+        "novelty": None,
+        "learning": False,
         "label": "Normal",
         "box_x0": None,
         "box_y0": None,
@@ -130,6 +143,54 @@ def test_it_exports_exactly_the_stored_scores_as_json_in_frame_order(client, vie
         "box_y1": None,
     }
     assert [scores[2][k] for k in ("box_x0", "box_y0", "box_x1", "box_y1")] == [0, 0, 80, 60]
+
+
+@pytest.mark.parametrize("name", ["scores_csv", "scores_json"])
+def test_it_exports_what_went_into_each_score_and_labels_learning_frames(client, viewer, name):
+    """prompt_score, novelty and learning per frame; learning frames are never judged, the
+    rest against the threshold in use (here the automatic one the worker derived)."""
+    analysis = AnalysisFactory(
+        camera__viewers=[viewer],
+        threshold=0.9,
+        mode="combined",
+        learning_seconds=10,
+        auto_threshold=True,
+        metadata={"anomaly_threshold": 0.4, "auto_threshold": 0.4},
+    )
+    FrameScoreFactory(analysis=analysis, frame_index=0, time_s=0.0, score=0.95, learning=True)
+    FrameScoreFactory(
+        analysis=analysis, frame_index=1, time_s=11.0, score=0.5, prompt_score=0.2, novelty=0.5
+    )
+    FrameScoreFactory(
+        analysis=analysis, frame_index=2, time_s=12.0, score=0.3, prompt_score=0.3, novelty=0.1
+    )
+    client.force_login(viewer)
+    body = _body(client.get(reverse(f"detection:{name}", args=[analysis.pk])))
+    if name == "scores_csv":
+        rows = list(csv.DictReader(io.StringIO(body)))
+        values = [(r["prompt_score"], r["novelty"], r["learning"], r["label"]) for r in rows]
+        assert values == [
+            ("", "", "True", "Learning"),
+            ("0.2", "0.5", "False", "Anomaly"),
+            ("0.3", "0.1", "False", "Normal"),
+        ]
+    else:
+        document = json.loads(body)
+        header = document["analysis"]
+        assert (header["threshold"], header["threshold_in_use"]) == (0.9, 0.4)
+        assert (header["mode"], header["learning_seconds"], header["auto_threshold"]) == (
+            "combined",
+            10.0,
+            True,
+        )
+        values = [
+            (s["prompt_score"], s["novelty"], s["learning"], s["label"]) for s in document["scores"]
+        ]
+        assert values == [
+            (None, None, True, "Learning"),
+            (0.2, 0.5, False, "Anomaly"),
+            (0.3, 0.1, False, "Normal"),
+        ]
 
 
 @pytest.mark.parametrize("name", ["scores_csv", "scores_json"])

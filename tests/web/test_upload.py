@@ -17,6 +17,7 @@ from django.urls import reverse
 from cameras.models import Camera
 from detection.engine.video import VIDEO_EXTENSIONS
 from detection.models import Analysis
+from tests.support.html import parse
 
 URL = "/upload/"
 MIB = 1024 * 1024
@@ -150,6 +151,51 @@ def test_it_defaults_sampling_and_threshold_on_the_empty_form(logged_in, dirs):
     form = response.context["form"]
     assert form["sampling_fps"].value() == 1.0
     assert form["threshold"].value() == 0.6
+
+
+@pytest.mark.django_db
+def test_it_queues_an_analysis_that_learns_the_cameras_normal(logged_in, dirs, make_video):
+    clip = make_video("clip.mp4")
+    response = upload(
+        logged_in,
+        "clip.mp4",
+        clip.read_bytes(),
+        mode="combined",
+        learning_seconds="30",
+        auto_threshold="on",
+    )
+    assert response.status_code == 302, response.context["form"].errors
+    analysis = Analysis.objects.get()
+    assert (analysis.mode, analysis.learning_seconds, analysis.auto_threshold) == (
+        "combined",
+        30.0,
+        True,
+    )
+    # Left out, the settings are the prototype's: prompts only, nothing learned.
+    upload(logged_in, "clip.mp4", clip.read_bytes(), name="Second")
+    second = Analysis.objects.get(name="Second")
+    assert (second.mode, second.learning_seconds, second.auto_threshold) == ("prompts", 0, False)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mode", ["normality", "combined"])
+def test_it_asks_for_a_learning_period_in_normality_modes_and_stores_nothing(
+    logged_in, dirs, make_video, mode
+):
+    clip = make_video("clip.mp4")
+    response = upload(logged_in, "clip.mp4", clip.read_bytes(), mode=mode, learning_seconds="0")
+    assert response.status_code == 200
+    assert response.context["form"].errors["learning_seconds"] == [
+        f"The {mode} mode compares frames with what the camera learned as normal: give a "
+        "learning period above 0 seconds."
+    ]
+    assert_nothing_left(dirs)
+    # The page offers the three settings with their help.
+    page = parse(response.content.decode())
+    assert page.one("select", name="mode").one("option", value=mode).get("selected") is not None
+    assert page.one("input", name="learning_seconds")["value"] == "0"
+    assert page.one("input", name="auto_threshold", type="checkbox")
+    assert "Learn the first seconds as this camera's normal" in page.text
 
 
 @pytest.mark.django_db

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detection.engine.features import embed_frames
 from detection.models import Analysis, Exemplar, FrameScore, Incident, LearnedMemory
 from detection.worker.loop import Worker
 from detection.worker.memory import model_key
@@ -97,12 +96,12 @@ def test_it_resumes_with_the_saved_memory_without_relearning(tampered):
 def test_it_refuses_a_memory_learned_by_another_model(tampered):
     analysis = normality_analysis(tampered)
     run(analysis)
-    LearnedMemory.objects.filter(analysis=analysis).update(model_spec="ViT-L-14|openai")
+    LearnedMemory.objects.filter(analysis=analysis).update(model_spec="ViT-L-14|openai|regions")
     FrameScore.objects.filter(analysis=analysis, learning=False).delete()
     Analysis.objects.filter(pk=analysis.pk).update(status="queued")
     run(analysis)
     assert analysis.status == "failed"
-    assert "ViT-L-14 / openai" in analysis.error_message
+    assert "ViT-L-14 / openai / regions" in analysis.error_message
     assert "re-run the analysis to relearn" in analysis.error_message
 
 
@@ -117,7 +116,7 @@ def _exemplar(analysis, kind, image, **fields) -> Exemplar:
     import cv2
     from django.core.files.base import ContentFile
 
-    ok, data = cv2.imencode(".jpg", image)
+    _, data = cv2.imencode(".jpg", image)
     exemplar = Exemplar(camera=analysis.camera, kind=kind, **fields)
     exemplar.image.save("example.jpg", ContentFile(data.tobytes()), save=False)
     exemplar.save()
@@ -135,14 +134,14 @@ def test_it_embeds_examples_and_picks_up_new_ones_while_running(tampered):
     job = worker.jobs[analysis.pk]
     assert job.detector.has_normal
     stored = list(Exemplar.objects.filter(camera=analysis.camera))
-    assert {e.model_spec for e in stored} == {model_key(job.scorer.loaded)}
+    assert {e.model_spec for e in stored} == {model_key(job.detector)}
     assert all(e.embedding for e in stored)
     # A confirmed anomaly added while the analysis runs reaches the detector at the next poll.
     dark = covered(scene(240, 320, seed=1, t=0))
     _exemplar(analysis, "anomaly", dark, source="feedback")
     worker.examples_step()
     assert len(job.detector.normality.anomalies) == 1
-    features = embed_frames(job.scorer.loaded, [dark])
+    features = job.detector.embed([dark])
     assert job.detector.normality.score(features)[0] >= 0.5
     worker.shutdown()
 
@@ -156,13 +155,13 @@ def test_it_re_embeds_examples_when_the_model_changes(tampered):
     worker = Worker(publisher=RecordingPublisher(), poll_seconds=0.05, once=True)
     assert worker.claim_step()
     exemplar.refresh_from_db()
-    assert exemplar.model_spec == model_key(worker.jobs[analysis.pk].scorer.loaded)
+    assert exemplar.model_spec == model_key(worker.jobs[analysis.pk].detector)
     assert len(bytes(exemplar.embedding)) > 16
     worker.shutdown()
 
 
 def test_it_marks_learning_frames_in_live_messages(tampered):
-    analysis = normality_analysis(tampered)
+    normality_analysis(tampered)
     worker = Worker(publisher=RecordingPublisher(), poll_seconds=0.05, once=True)
     worker.run()
     scores = worker.publisher.kinds("score")

@@ -162,6 +162,10 @@ class AnalyzeCommand(BaseCommand):
     def finish(self, result: dict[str, Any], as_json: bool, summary: str) -> None:
         if result["status"] != "Success":
             raise bad_input(result["error_message"])
+        # Warnings (a prompt that describes sound, a truncated file, ...) go to stderr as
+        # well as into the result: stdout may be JSON read by a program.
+        for warning in result.get("warnings") or result.get("metadata", {}).get("warnings", []):
+            self.stderr.write(f"warning: {warning}")
         if result.get("random_weights") or result.get("metadata", {}).get("random_weights"):
             self.stderr.write(
                 "warning: random weights (DETECTION_PRETRAINED=none): scores are meaningless"

@@ -91,5 +91,4 @@ class Command(AnalyzeCommand):
             )
         else:
             lines.append(f"no frame scored ({meta['black_frames_skipped']} black frames skipped)")
-        lines += [f"warning: {w}" for w in meta["warnings"]]
         return "\n".join(lines)
