@@ -3,7 +3,8 @@
 An operator's "False alarm" teaches the camera that these frames are normal, "Confirm" that
 they are anomalies (detection.actions.feedback turns them into exemplars). One frame is a
 weak example (novelty averages the k nearest members of the memory), so up to BEFORE
-frames before the peak, the peak and AFTER frames after it are kept: clean JPEGs (no
+frames before the peak, the peak and AFTER frames after it are kept, as long as they are at
+or above the threshold (part of the incident, not the ordinary frames around it): clean JPEGs (no
 localisation box), at most THUMBNAIL_WIDTH wide, named by frame index so that storing a
 batch twice writes nothing twice. Best effort, after the scores are committed: a failure
 here loses a feedback example, never a score.
@@ -39,12 +40,17 @@ class KeyFrames:
     recent: deque[Any] = field(default_factory=lambda: deque(maxlen=BEFORE))
     collecting: _Collecting | None = None
 
-    def observe(self, items: list[Any], peaks: dict[int, int]) -> None:
+    def observe(self, items: list[Any], peaks: dict[int, int], threshold: float) -> None:
         """`items` just stored (ScoredItem, in order); `peaks`: frame index -> incident id
-        for the items that became an incident's peak."""
+        for the items that became an incident's peak. Only frames at or above `threshold`
+        are kept: the ones the incident is about (a frame just before a covered lens is not
+        an example of a covered lens)."""
         changed = False
         for item in items:
-            if item.learning:
+            if item.learning or item.score < threshold:
+                self.recent.clear()  # "before the peak" means within the same run
+                if self.collecting is not None:
+                    self.collecting.after = 0
                 continue
             incident_id = peaks.get(item.frame_index)
             if incident_id is not None:

@@ -175,7 +175,7 @@ class Recorder:
         for incident in filter(None, changed):
             self._announce(incident)
         self._write_latest_frame(items[-1])
-        self.keyframes.observe(items, peaks)
+        self.keyframes.observe(items, peaks, self.tracker.threshold)
 
     def _row(self, item: ScoredItem) -> FrameScore:
         box = item.box

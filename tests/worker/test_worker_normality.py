@@ -64,6 +64,9 @@ def test_it_learns_first_then_flags_a_covered_lens(tampered):
     incident = incidents[0]
     assert LEARN_S + NORMAL_S <= incident.start_time_s < LEARN_S + NORMAL_S + 1
     assert 2 <= len(incident.frames) <= 5
+    # Only frames of the incident itself: all covered, none of the normal ones around it.
+    kept = [int(name.rsplit("/", 1)[1].removesuffix(".jpg")) / FPS for name in incident.frames]
+    assert all(LEARN_S + NORMAL_S <= t < LEARN_S + NORMAL_S + COVERED_S for t in kept), kept
     # What it learned is saved, with the model that embedded it; metadata says what ran.
     memory = LearnedMemory.objects.get(analysis=analysis)
     assert memory.frames == LEARN_S * 2
