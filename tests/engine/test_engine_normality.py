@@ -201,3 +201,19 @@ def test_it_ignores_dusk_and_flags_tampering_and_new_objects(tiny_model, crops):
             # than a crop of that corner does (the documented price of one pass): they
             # still rank it above normal frames, but do not flag all of it.
             assert auc >= 0.8, (name, flagged, auc)
+
+
+def test_it_normalises_with_a_table_exactly_as_the_arithmetic_would():
+    rng = np.random.default_rng(4)
+
+    def arithmetic(frame):
+        image = frame.astype(np.float64)
+        mean = image.reshape(-1, 3).mean(axis=0)
+        std = image.reshape(-1, 3).std(axis=0)
+        out = (image - mean) * (48.0 / np.maximum(std, 4.0)) + 128.0
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    for divisor in (1, 3, 40):  # ordinary, dim, almost flat
+        frame = (rng.integers(0, 256, (60, 80, 3)) // divisor).astype(np.uint8)
+        difference = photometric_normalize(frame).astype(int) - arithmetic(frame).astype(int)
+        assert np.abs(difference).max() <= 1  # float rounding at most
