@@ -15,15 +15,16 @@ import uuid
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import models
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, reverse
 from django.utils.html import format_html
 
 from cameras.access import visible_cameras
@@ -36,8 +37,9 @@ from .engine.errors import MediaError
 from .engine.limits import split_prompts
 from .engine.prompt_help import sound_warnings
 from .models import Analysis, Exemplar, FrameScore, Incident
-from .web.exemplars import image_file_to_jpeg
-from .web.forms import learning_error
+from .web import upload_handlers
+from .web.exemplars import check_clip, clip_field, clip_jpegs, file_label, image_file_to_jpeg
+from .web.forms import _size_error, learning_error
 from .web.views import threshold_text
 
 Status = Analysis.Status
@@ -524,9 +526,27 @@ class IncidentAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
 
 
 class ExemplarAdminForm(forms.ModelForm):
-    """An example added by hand: one image, for a camera or for one analysis."""
+    """An example added by hand, for a camera or for one analysis: one image, or one short
+    clip whose frames (sampled as on the analysis page) become one example each."""
+
+    clip = clip_field()
+    # The upload cap of the request (ExemplarAdmin puts it in front of the add view).
+    upload_cap: upload_handlers.CappedUploadHandler | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "image" in self.fields:  # adding: an image or a clip (the form says which)
+            self.fields["image"].required = False
+        self.clip_ext: str | None = None
+        self.clip_frames: list[bytes] = []  # the clip's sampled frames, as JPEGs, once valid
+
+    @property
+    def oversized(self) -> set[str]:
+        return self.upload_cap.oversized if self.upload_cap is not None else set()
 
     def clean_image(self) -> Any:
+        if "image" in self.oversized:
+            raise _size_error(settings.DETECTION_MAX_UPLOAD_MB, "DETECTION_MAX_UPLOAD_MB")
         image = self.cleaned_data.get("image")
         if image is None or not hasattr(image, "read") or isinstance(image, ContentFile):
             return image
@@ -542,6 +562,11 @@ class ExemplarAdminForm(forms.ModelForm):
             ) from None
         return ContentFile(data, name=f"{uuid.uuid4().hex}.jpg")
 
+    def clean_clip(self) -> Any:
+        clip = self.cleaned_data.get("clip")
+        self.clip_ext = check_clip(clip, oversized="clip" in self.oversized)
+        return clip
+
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         if "camera" in self.fields and "analysis" in self.fields:
@@ -550,6 +575,18 @@ class ExemplarAdminForm(forms.ModelForm):
                 self.add_error("camera", "Choose a camera (every analysis of it) or one analysis.")
             elif camera is not None and analysis is not None:
                 self.add_error("analysis", "Choose a camera or one analysis, not both.")
+        if "image" in self.fields and not self.has_error("image") and not self.has_error("clip"):
+            image, clip = data.get("image"), data.get("clip")
+            if image and clip:
+                self.add_error("clip", "Give an image or a clip, not both.")
+            elif not image and not clip:
+                self.add_error("image", "Choose an image, or a clip.")
+            elif clip and not self.errors:
+                # Last, and only when all else is valid: sampling reads the whole clip.
+                try:
+                    self.clip_frames = clip_jpegs(clip, self.clip_ext or "")
+                except ValidationError as exc:
+                    self.add_error("clip", exc)
         return data
 
 
@@ -578,7 +615,7 @@ class ExemplarAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     list_select_related = ("camera", "analysis__camera", "created_by")
     search_fields = ("camera__name", "analysis__name", "analysis__camera__name")
     autocomplete_fields = ("camera", "analysis")
-    ADD_FIELDS = ("kind", "camera", "analysis", "image")
+    ADD_FIELDS = ("kind", "camera", "analysis", "image", "clip")
     CHANGE_FIELDS = (
         "preview",
         "kind",
@@ -605,11 +642,75 @@ class ExemplarAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return () if obj is None else self.CHANGE_FIELDS
 
+    def get_urls(self) -> list[Any]:
+        # The add view takes uploads: its size cap must be in place before anything reads
+        # the body (the CSRF check included, which then runs inside), as on the analysis page.
+        name = f"{self.opts.app_label}_{self.opts.model_name}_add"
+        return [
+            URLPattern(url.pattern, self._capped(url.callback), url.default_args, url.name)
+            if isinstance(url, URLPattern) and url.name == name
+            else url
+            for url in super().get_urls()
+        ]
+
+    @staticmethod
+    def _capped(view: Any) -> Any:
+        def capped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method == "POST":
+                max_bytes = settings.DETECTION_MAX_UPLOAD_MB * upload_handlers.MIB
+                request.exemplar_upload_cap = upload_handlers.install(request, max_bytes)
+            return view(request, *args, **kwargs)  # admin_view: the CSRF check, then access
+
+        capped.csrf_exempt = True  # type: ignore[attr-defined]
+        return capped
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        form = super().get_form(request, obj, change, **kwargs)
+        cap = getattr(request, "exemplar_upload_cap", None)
+        if cap is None:
+            return form
+        return type(form.__name__, (form,), {"upload_cap": cap})
+
     def save_model(self, request: HttpRequest, obj: Exemplar, form: Any, change: bool) -> None:
+        if not change and getattr(form, "clip_frames", None):
+            # A clip: one example per sampled frame, as the analysis page adds them.
+            obj.clip_added = actions.add_exemplars(
+                form.clip_frames,
+                kind=obj.kind,
+                source=Exemplar.Source.CLIP,
+                user=request.user,
+                camera=obj.camera,
+                analysis=obj.analysis,
+            )
+            obj.clip_name = file_label(form.cleaned_data["clip"].name)
+            return
         if not change:
             obj.created_by = request.user
             obj.source = Exemplar.Source.UPLOAD
         super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        if not hasattr(form.instance, "clip_added"):  # the clip's examples are all saved
+            super().save_related(request, form, formsets, change)
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        added = getattr(obj, "clip_added", None)
+        if added is None:
+            return super().log_addition(request, obj, message)
+        for exemplar in added:
+            super().log_addition(request, exemplar, f"Added from the clip {obj.clip_name}.")
+        return None
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: Any = None):
+        added = getattr(obj, "clip_added", None)
+        if added is None:
+            return super().response_add(request, obj, post_url_continue)
+        self.message_user(
+            request,
+            f"{_count(len(added), 'example', 'examples')} added from {obj.clip_name}",
+            messages.SUCCESS,
+        )
+        return self.response_post_save_add(request, obj)  # the changelist
 
     def delete_model(self, request: HttpRequest, obj: Exemplar) -> None:
         actions.delete_exemplars(Exemplar.objects.filter(pk=obj.pk))  # and its file

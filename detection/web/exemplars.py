@@ -90,6 +90,18 @@ class MultipleFileField(NamedFileField):
         return cleaned
 
 
+def clip_field(**kwargs: Any) -> NamedFileField:
+    """The form field of one short clip, as the analysis page and the admin take it."""
+    kwargs.setdefault("label", "Or a short clip")
+    return NamedFileField(
+        required=False,
+        widget=forms.FileInput(attrs={"accept": ",".join(VIDEO_EXTENSIONS)}),
+        help_text=f"{', '.join(VIDEO_EXTENSIONS)}; one frame per second is kept, at most "
+        f"{MAX_CLIP_FRAMES}.",
+        **kwargs,
+    )
+
+
 class ExemplarForm(forms.Form):
     """Images, or one clip, of what this camera looks like normally (or in an anomaly)."""
 
@@ -112,13 +124,7 @@ class ExemplarForm(forms.Form):
         required=False,
         help_text=f"One or more images, up to {IMAGE_MAX_MB} MB each and {MAX_IMAGES} at once.",
     )
-    clip = NamedFileField(
-        required=False,
-        label="Or a short clip",
-        widget=forms.FileInput(attrs={"accept": ",".join(VIDEO_EXTENSIONS)}),
-        help_text=f"{', '.join(VIDEO_EXTENSIONS)}; one frame per second is kept, at most "
-        f"{MAX_CLIP_FRAMES}.",
-    )
+    clip = clip_field()
 
     def __init__(self, *args: Any, oversized: set[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -152,19 +158,7 @@ class ExemplarForm(forms.Form):
 
     def clean_clip(self) -> Any:
         clip = self.cleaned_data.get("clip")
-        if "clip" in self.oversized:
-            raise _size_error(settings.DETECTION_MAX_UPLOAD_MB, "DETECTION_MAX_UPLOAD_MB")
-        if clip is None:
-            return None
-        if clip.size > settings.DETECTION_MAX_UPLOAD_MB * 1024 * 1024:
-            raise _size_error(settings.DETECTION_MAX_UPLOAD_MB, "DETECTION_MAX_UPLOAD_MB")
-        self.clip_ext = video_extension(clip.name)
-        if self.clip_ext is None:
-            raise _file_error(
-                clip.name,
-                f"unsupported extension {Path(clip.name or '').suffix or '(none)'!r}; "
-                f"expected one of {', '.join(VIDEO_EXTENSIONS)}",
-            )
+        self.clip_ext = check_clip(clip, oversized="clip" in self.oversized)
         return clip
 
     def clean(self) -> dict[str, Any]:
@@ -178,12 +172,38 @@ class ExemplarForm(forms.Form):
         return data
 
 
-def _file_error(filename: str | None, reason: str) -> ValidationError:
+def check_clip(clip: Any, *, oversized: bool = False) -> str | None:
+    """An uploaded clip's extension, once its size and extension are checked; None if none.
+
+    `oversized`: the upload cap skipped the clip while it streamed in. The frames are read
+    afterwards with `clip_jpegs`. Raises ValidationError naming the file and the reason."""
+    if oversized:
+        raise _size_error(settings.DETECTION_MAX_UPLOAD_MB, "DETECTION_MAX_UPLOAD_MB")
+    if clip is None:
+        return None
+    if clip.size > settings.DETECTION_MAX_UPLOAD_MB * 1024 * 1024:
+        raise _size_error(settings.DETECTION_MAX_UPLOAD_MB, "DETECTION_MAX_UPLOAD_MB")
+    ext = video_extension(clip.name)
+    if ext is None:
+        raise _file_error(
+            clip.name,
+            f"unsupported extension {Path(clip.name or '').suffix or '(none)'!r}; "
+            f"expected one of {', '.join(VIDEO_EXTENSIONS)}",
+        )
+    return ext
+
+
+def file_label(filename: str | None) -> str:
+    """A client's file name as quoted in errors and messages: no folders, bounded."""
     name = Path(filename or "").name or "(no name)"
-    if len(name) > MAX_NAME:
-        name = name[: MAX_NAME - 1] + "…"
+    return name[: MAX_NAME - 1] + "…" if len(name) > MAX_NAME else name
+
+
+def _file_error(filename: str | None, reason: str) -> ValidationError:
     return ValidationError(
-        "%(name)s: %(reason)s", code="bad_file", params={"name": name, "reason": reason}
+        "%(name)s: %(reason)s",
+        code="bad_file",
+        params={"name": file_label(filename), "reason": reason},
     )
 
 
