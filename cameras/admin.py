@@ -96,6 +96,19 @@ class CameraAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     )
     # The analyses inline is attached from detection/admin.py: cameras knows nothing of them.
 
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        # The common first camera is the machine's own webcam, device 0: it works on the
+        # `make run` machine with nothing else set up. Video files come in through /upload/
+        # (which makes their file camera itself), and a stream needs its address typed
+        # anyway. The model's default (stream) is left alone, so no migration: /upload/
+        # sets its kind explicitly and only this form's starting point was the problem.
+        # Query parameters still win (?kind=stream&source=rtsp://...).
+        return {
+            "kind": Camera.Kind.WEBCAM,
+            "source": "0",
+            **super().get_changeform_initial_data(request),
+        }
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Camera]:
         return super().get_queryset(request).annotate(_analysis_count=Count("analyses"))
 

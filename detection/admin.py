@@ -26,6 +26,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, reverse
 from django.utils.html import format_html
+from django.utils.http import urlencode
 
 from cameras.access import visible_cameras
 from cameras.admin import CameraAdmin, ScopedToVisibleCameras
@@ -77,13 +78,17 @@ SUMMARY_FIELDS = (
 
 
 class AnalysisInline(admin.TabularInline):
-    """The camera's analyses at a glance; they are created and run from their own admin.
+    """The camera's analyses at a glance, with an "Add analysis" link under them.
 
-    Adding here is off on purpose: prompts are required and do not fit a table row, and
-    deleting here would drop every stored score without the confirmation page.
+    The link opens the analysis add form with this camera preselected (`?camera=<id>`)
+    rather than adding rows here: prompts are required and do not fit a table row, and the
+    full form brings what a row cannot (the prompt assistant, the sound warnings, the
+    learning-the-normal rule, "Start now"). Deleting here is off too: it would drop every
+    stored score without the confirmation page.
     """
 
     model = Analysis
+    template = "admin/detection/analysis/camera_inline.html"
     fields = ("name", "status", "threshold", "sampling_fps", "admin_link")
     readonly_fields = ("status", "admin_link")
     extra = 0
@@ -92,7 +97,20 @@ class AnalysisInline(admin.TabularInline):
     ordering = ("-created_at", "-id")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+        return False  # no blank rows: the link below the table opens the full form
+
+    def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        formset = super().get_formset(request, obj, **kwargs)
+        # Read by the template; None on the camera's add page (nothing to attach to yet)
+        # or for staff who may not add analyses. The add form takes ?camera=<id> as the
+        # initial camera (Django's get_changeform_initial_data); its choices are scoped to
+        # the visible cameras, so a hidden camera's id preselects nothing and cannot be saved.
+        formset.add_analysis_url = None
+        analyses = self.admin_site.get_model_admin(Analysis)
+        if obj is not None and obj.pk is not None and analyses.has_add_permission(request):
+            query = urlencode({"camera": obj.pk})
+            formset.add_analysis_url = f"{reverse('admin:detection_analysis_add')}?{query}"
+        return formset
 
     @admin.display(description="Analysis")
     def admin_link(self, obj: Analysis) -> str:
@@ -128,6 +146,23 @@ class AnalysisAdminForm(forms.ModelForm):
         return data
 
 
+class AnalysisAddForm(AnalysisAdminForm):
+    """The add form: a new analysis starts unless the operator says otherwise.
+
+    The status itself is not on the form: "Start now" hands the saved analysis to the
+    worker through actions.queue (the Queue action's path: lease cleared, pages told);
+    unticked, it stays a draft, to be queued later from the list.
+    """
+
+    start_now = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Start now",
+        help_text="Queue the analysis as soon as it is saved: the worker picks it up. "
+        "Untick to save it as a draft and queue it later with the Queue action.",
+    )
+
+
 @admin.register(Analysis)
 class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     camera_path = "camera"
@@ -149,8 +184,8 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     autocomplete_fields = ("camera",)
     actions = ("queue", "stop", "rerun")
     # The status and summary groups are filled by the worker and the actions, not by hand;
-    # `status` itself is editable on the add form only (get_readonly_fields).
-    readonly_fields = ("live_link", "threshold_in_use_text", *STATUS_FIELDS[1:], *SUMMARY_FIELDS)
+    # a new analysis starts or stays a draft through "Start now" (AnalysisAddForm).
+    readonly_fields = ("live_link", "threshold_in_use_text", *STATUS_FIELDS, *SUMMARY_FIELDS)
     fieldsets = (
         (None, {"fields": ("camera", "name", "live_link")}),
         (
@@ -213,19 +248,25 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
 
     # --- forms -----------------------------------------------------------------------
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        # A new analysis may start as a draft or queued; afterwards the status belongs to
-        # the worker and the actions (which also clear errors and leases consistently).
-        fields = tuple(super().get_readonly_fields(request, obj))
-        return fields if obj is None else (*fields, "status")
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        if obj is None:
+            kwargs["form"] = AnalysisAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
 
-    def formfield_for_choice_field(self, db_field: Any, request: HttpRequest, **kwargs: Any):
-        if db_field.name == "status":
-            kwargs["choices"] = [
-                (Status.DRAFT, Status.DRAFT.label),
-                (Status.QUEUED, Status.QUEUED.label),
-            ]
-        return super().formfield_for_choice_field(db_field, request, **kwargs)
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None:
+            return fieldsets
+        # A new analysis has no status, lease or summary yet: the add form asks only
+        # whether to start it.
+        start = (
+            "Start",
+            {
+                "fields": ("start_now",),
+                "description": "A new analysis is queued when saved unless you untick this.",
+            },
+        )
+        return [*(f for f in fieldsets if f[0] not in ("Status", "Summary")), start]
 
     def save_model(self, request: HttpRequest, obj: Analysis, form: Any, change: bool) -> None:
         if not change:
@@ -234,6 +275,23 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         # Saved all the same: prompts that describe sound are advice, not an error.
         for warning in sound_warnings(obj.prompt_list("normal"), obj.prompt_list("anomaly")):
             self.message_user(request, warning, messages.WARNING)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        if change:
+            return
+        analysis = form.instance
+        if form.cleaned_data.get("start_now"):
+            # After everything of the analysis is saved; the worker sees it on commit.
+            actions.queue(Analysis.objects.filter(pk=analysis.pk))
+            analysis.refresh_from_db(fields=["status"])
+            self.message_user(request, "Queued: a worker will pick it up.", messages.INFO)
+        else:
+            self.message_user(
+                request,
+                "Saved as a draft: select it in the list and run the Queue action to start it.",
+                messages.INFO,
+            )
 
     def render_change_form(
         self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any

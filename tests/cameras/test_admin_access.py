@@ -82,6 +82,24 @@ def test_it_offers_only_visible_cameras_when_adding_an_analysis(world):
     assert list(choices) == [world["shared"]]
 
 
+def test_it_preselects_only_a_visible_camera_from_the_add_analysis_link(world):
+    client = client_for(world["staff"])
+    shared_page = client.get(change_url(world["shared"])).content.decode()
+    add = reverse("admin:detection_analysis_add")
+    assert f'href="{add}?camera={world["shared"].pk}"' in shared_page
+    # A hidden camera's id in the link preselects nothing and shows nothing of it.
+    page = client.get(f"{add}?camera={world['hidden'].pk}").content.decode()
+    assert "Hidden vault" not in page
+    assert f'value="{world["hidden"].pk}" selected' not in page
+
+
+def test_it_shows_no_add_analysis_link_without_the_add_permission(world):
+    staff = world["staff"]
+    staff.user_permissions.remove(Permission.objects.get(codename="add_analysis"))
+    page = client_for(staff).get(change_url(world["shared"])).content.decode()
+    assert "Add analysis" not in page
+
+
 def test_it_refuses_to_point_an_analysis_at_a_hidden_camera(world):
     mine = world["analyses"][0]
     client = client_for(world["staff"])

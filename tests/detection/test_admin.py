@@ -260,9 +260,9 @@ def test_it_keeps_the_worker_status_fields_read_only(admin_client):
 # --- analyses --------------------------------------------------------------------------
 
 
-def test_it_adds_an_analysis_and_records_who_created_it(admin_client, admin_user):
-    camera = CameraFactory()
-    data = {
+def analysis_form(camera: Camera, **overrides: object) -> dict[str, object]:
+    """The POST body of the analysis add page as its defaults leave it ("Start now" ticked)."""
+    data: dict[str, object] = {
         "camera": camera.pk,
         "name": "Crowd",
         "normal_prompts": "people walking\nan empty square",
@@ -279,21 +279,112 @@ def test_it_adds_an_analysis_and_records_who_created_it(admin_client, admin_user
         "rescore_interval_s": "3",
         "mode": "prompts",
         "learning_seconds": "0",
-        "status": Status.QUEUED,
+        "start_now": "on",
     }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_it_adds_an_analysis_and_records_who_created_it(admin_client, admin_user):
+    data = analysis_form(CameraFactory())
     response = admin_client.post(reverse("admin:detection_analysis_add"), data)
     assert response.status_code == 302
     analysis = Analysis.objects.get()
     assert analysis.created_by == admin_user
     assert (analysis.status, analysis.threshold, analysis.sampling_fps) == ("queued", 0.7, 2.0)
 
+    # The status is the worker's and the actions': a posted one is ignored.
     blank = admin_client.post(
         reverse("admin:detection_analysis_add"),
         {**data, "anomaly_prompts": "  \n ", "threshold": "1.5", "status": Status.RUNNING},
     )
     errors = blank.context["adminform"].form.errors
-    assert {"anomaly_prompts", "threshold", "status"} <= set(errors)
+    assert {"anomaly_prompts", "threshold"} <= set(errors)
     assert Analysis.objects.count() == 1
+
+
+# --- adding an analysis from its camera --------------------------------------------------
+
+
+def test_it_links_the_camera_page_to_an_analysis_add_form_with_the_camera_chosen(admin_client):
+    camera = CameraFactory(name="Loading bay")
+    CameraFactory(name="Other")
+    url = reverse("admin:cameras_camera_change", args=[camera.pk])
+    page = parse(admin_client.get(url).content.decode())
+    [link] = [a for a in page.find_all("a", class_="addlink") if a.text == "Add analysis"]
+    assert link["href"] == f"{reverse('admin:detection_analysis_add')}?camera={camera.pk}"
+
+    add = admin_client.get(link["href"])
+    assert add.status_code == 200
+    form = add.context["adminform"].form
+    assert str(form.initial["camera"]) == str(camera.pk)
+    add_page = parse(add.content.decode())
+    selected = add_page.one("select", name="camera").find_all("option", selected=True)
+    assert [(o["value"], o.text) for o in selected] == [(str(camera.pk), "Loading bay")]
+    # "Start now" is offered, ticked; the status is not a field of the add form.
+    assert form.fields["start_now"].initial is True
+    assert "status" not in form.fields
+    add_page.one("input", name="start_now", type="checkbox", checked=True)
+
+
+def test_it_has_no_add_link_before_the_camera_is_saved(admin_client):
+    page = admin_client.get(CAMERA_ADD).content.decode()
+    assert "Add analysis" not in page
+    assert "Save the camera first" in page
+
+
+def test_it_queues_a_new_analysis_saved_with_the_default_choice_for_a_worker(
+    admin_client, django_capture_on_commit_callbacks
+):
+    from detection.worker import leases
+
+    camera = CameraFactory()
+    add = reverse("admin:detection_analysis_add")
+    # What the add form starts with: "Start now" ticked.
+    initial = admin_client.get(f"{add}?camera={camera.pk}").context["adminform"].form
+    assert initial["start_now"].value() is True
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = admin_client.post(add, analysis_form(camera))
+    assert response.status_code == 302
+    analysis = Analysis.objects.get()
+    assert analysis.status == Status.QUEUED
+    assert callbacks  # the live pages are told, after commit
+    assert "Queued: a worker will pick it up." in texts(response)
+
+    claimed = leases.claim("worker-1", limit=5, include_live=True)
+    assert [a.pk for a in claimed] == [analysis.pk]
+    analysis.refresh_from_db()
+    assert (analysis.status, analysis.lease_owner) == (Status.RUNNING, "worker-1")
+
+
+def test_it_leaves_a_new_analysis_a_draft_when_start_now_is_unticked(admin_client):
+    from detection.worker import leases
+
+    camera = CameraFactory()
+    response = admin_client.post(
+        reverse("admin:detection_analysis_add"), analysis_form(camera, start_now=None)
+    )
+    assert response.status_code == 302
+    analysis = Analysis.objects.get()
+    assert analysis.status == Status.DRAFT
+    assert any(t.startswith("Saved as a draft") for t in texts(response))
+    assert leases.claim("worker-1", limit=5, include_live=True) == []
+    # Queued later from the list, as before.
+    run_action(admin_client, ANALYSIS_CHANGELIST, "queue", [analysis])
+    analysis.refresh_from_db()
+    assert analysis.status == Status.QUEUED
+
+
+def test_it_starts_the_camera_add_form_as_a_webcam_on_device_0(admin_client):
+    form = admin_client.get(CAMERA_ADD).context["adminform"].form
+    assert (form["kind"].value(), form["source"].value()) == (Camera.Kind.WEBCAM, "0")
+    # Saved as it comes, with a name only, it is that webcam.
+    data = camera_form(kind=Camera.Kind.WEBCAM, source="0", name="Desk")
+    assert admin_client.post(CAMERA_ADD, data).status_code == 302
+    assert Camera.objects.get(name="Desk").kind == Camera.Kind.WEBCAM
+    # A link may still ask for another kind.
+    stream = admin_client.get(f"{CAMERA_ADD}?kind=stream").context["adminform"].form
+    assert stream["kind"].value() == Camera.Kind.STREAM
 
 
 def test_it_sets_a_webhook_through_the_analysis_change_form(admin_client, settings):
