@@ -30,7 +30,7 @@ test-fast: install
 
 # The portal and one detection worker; Ctrl-C stops both (detection/.../run_portal.py).
 run: install
-	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py migrate --noinput --skip-checks
 	$(BIN)/python manage.py migrate_channels
 	$(BIN)/python manage.py ensure_admin
 	$(BIN)/python manage.py run_portal 127.0.0.1:8000

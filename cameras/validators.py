@@ -32,7 +32,8 @@ def camera_policy() -> netpolicy.NetworkPolicy:
 
 def allowed_video_dirs() -> list[Path]:
     dirs = [*settings.DETECTION_VIDEO_DIRS, settings.MEDIA_ROOT]
-    return [Path(os.path.realpath(d)) for d in dirs]
+    # Each once, in order: MEDIA_ROOT is both the default entry and always allowed.
+    return list(dict.fromkeys(Path(os.path.realpath(d)) for d in dirs))
 
 
 def webcam_index(source: str) -> int:

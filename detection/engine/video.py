@@ -88,6 +88,18 @@ def is_black(image: np.ndarray, level: float = DEFAULT_BLACK_LEVEL) -> bool:
     return mean_intensity(image) < level
 
 
+def samples_through(index: int, fps: float, sampling_fps: float) -> int:
+    """How many of `VideoReader.frames`' samples lie at or before frame `index` (0 for -1):
+    sample k is frame ceil(k * fps / sampling_fps), and every frame when sampling faster than
+    the video. With the header's last index, the number of samples expected from the file."""
+    if index < 0:
+        return 0
+    step = fps / sampling_fps
+    if step <= 1:
+        return index + 1
+    return math.floor((index + 1e-9) / step) + 1
+
+
 def validate_sampling_fps(sampling_fps: float) -> float:
     try:
         value = float(sampling_fps)

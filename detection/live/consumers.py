@@ -134,6 +134,7 @@ def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] |
         "camera_status": analysis.camera.status,
         "error_message": analysis.error_message,
         "progress": analysis.progress,
+        "expected_frames": (analysis.metadata or {}).get("expected_frames"),
         "threshold": analysis.threshold_in_use,
         "window_size": analysis.window_size,
         "is_live": analysis.camera.is_live,

@@ -79,8 +79,12 @@ def status_message(status: str, **fields: Any) -> dict[str, Any]:
     return {"status": status, **fields}
 
 
-def progress_message(progress: float) -> dict[str, Any]:
-    return {"progress": progress}
+def progress_message(
+    progress: float, *, scored: int | None = None, expected: int | None = None
+) -> dict[str, Any]:
+    """A file analysis's progress: `scored` frames stored of the `expected` samples (the
+    header's frame count at the sampling rate), when known."""
+    return {"progress": progress, "scored": scored, "expected": expected}
 
 
 def incident_message(incident: Any) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from detection.engine.pipeline import prefetch, run_metadata, summarize
 from detection.engine.preprocess import to_tensor
 from detection.engine.schedule import Ticker
 from detection.engine.scoring import encode_images
-from detection.engine.video import is_black
+from detection.engine.video import is_black, samples_through
 from detection.live import messages
 from detection.live.publisher import ChannelPublisher, Publisher
 from detection.models import Analysis, FrameScore
@@ -111,6 +111,7 @@ class FileJob(Job):
     reader: VideoReader | None = None
     frames: Iterator[Any] | None = None
     error: str = ""  # why the file cannot be read further (the analysis fails)
+    expected: int = 0  # samples the header announces (0: no frame count to go by)
 
     def close(self) -> None:
         if self.frames is not None:
@@ -571,12 +572,21 @@ class Worker:
             ):
                 yield f, detector.prepare(f.image)  # in the decoder thread
 
+        stats = reader.stats
+        expected = samples_through(stats.header_frames - 1, stats.fps, analysis.sampling_fps)
+        if expected:
+            # Kept with the analysis, so pages rendered mid-run say "16 of 80 frames" too.
+            analysis.metadata = {**analysis.metadata, "expected_frames": expected}
+            Analysis.objects.filter(pk=analysis.pk, lease_owner=self.owner).update(
+                metadata=analysis.metadata
+            )
         job = FileJob(
             analysis,
             detector,
             recorder,
             reader=reader,
             frames=prefetch(frames(), depth=2 * self.batch_size),
+            expected=expected,
         )
         return job
 
@@ -639,11 +649,20 @@ class Worker:
     def _stored(self, job: Job) -> None:
         """Progress and camera bookkeeping after a store (a failure here loses nothing)."""
         if isinstance(job, FileJob) and job.reader is not None:
-            stats = job.reader.stats
-            if stats.header_frames:
-                progress = min(0.999, stats.frames_decoded / stats.header_frames)
+            if job.expected:
+                # Samples up to the last stored frame: the frames scored, and the black
+                # frames skipped before it. Decoding runs ahead of scoring; this does not.
+                a, stats = job.analysis, job.reader.stats
+                last = a.last_frame_index if a.last_frame_index is not None else -1
+                done = samples_through(last, stats.fps, a.sampling_fps)
+                expected = max(job.expected, done)  # a header counting short
+                progress = min(0.999, done / expected)
                 Analysis.objects.filter(pk=job.pk).update(progress=progress)
-                self.publisher.publish(job.pk, "progress", messages.progress_message(progress))
+                self.publisher.publish(
+                    job.pk,
+                    "progress",
+                    messages.progress_message(progress, scored=a.frames_scored, expected=expected),
+                )
         elif isinstance(job, LiveJob) and time.monotonic() - job.last_frame_saved > 5:
             job.last_frame_saved = time.monotonic()
             Camera.objects.filter(pk=job.analysis.camera_id).update(last_frame_at=timezone.now())
@@ -668,7 +687,14 @@ class Worker:
             **job.detector.describe(),
             "sampling_rate_fps": job.analysis.sampling_fps,
             "skip_black_frames": job.analysis.skip_black_frames,
+            # What was expected, now counted: every sample, black frames skipped included.
+            "expected_frames": samples_through(
+                stats.frames_decoded - 1, stats.fps, job.analysis.sampling_fps
+            ),
         }
+        done = messages.progress_message(
+            1.0, scored=len(scores), expected=metadata["expected_frames"]
+        )
         self._drop(
             job,
             Status.COMPLETED,
@@ -679,15 +705,20 @@ class Worker:
             average_score=summary["average_score"],
             peak_score=summary["max_anomaly_score"],
             peak_time_s=summary["max_anomaly_time"],
+            final_progress=done,
         )
         log.info("analysis %s: completed, %d frames scored", job.pk, len(scores))
 
-    def _drop(self, job: Job, status: str, **fields: Any) -> None:
+    def _drop(
+        self, job: Job, status: str, *, final_progress: dict[str, Any] | None = None, **fields: Any
+    ) -> None:
         # Released first: if the database fails here the job stays, and is dropped again.
         released = leases.release(self.owner, job.pk, status, **fields)
         self.jobs.pop(job.pk, None)
         job.close()
         if released:
+            if final_progress is not None:  # the final progress, before the status it leads to
+                self.publisher.publish(job.pk, "progress", final_progress)
             shown = {k: v for k, v in fields.items() if k in ("error_message", "progress")}
             self.publisher.publish(job.pk, "status", messages.status_message(status, **shown))
 

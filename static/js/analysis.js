@@ -220,11 +220,16 @@
 
   // --- Status, progress, current score, frame -------------------------------------------------
 
-  function setProgress(value) {
+  let scored = null;
+  let expected = null;
+
+  function setProgress(value, msg = {}) {
+    if (typeof msg.scored === "number") scored = msg.scored;
+    if (typeof msg.expected === "number") expected = msg.expected;
     if (typeof value !== "number") return;
     const pct = Math.round(Math.max(0, Math.min(1, value)) * 100);
     for (const bar of roles("progress")) bar.value = pct;
-    for (const text of roles("progress-text")) text.textContent = `${pct}%`;
+    for (const text of roles("progress-text")) text.textContent = L.progressText(pct, scored, expected);
   }
 
   function applyStatus(msg) {
@@ -265,7 +270,7 @@
     const last = role("sum-last");
     if (last && typeof summary.last_score === "number") {
       const badge = L.scoreBadge(summary.last_score, threshold, summary.last_learning);
-      last.replaceChildren(`${fmt(summary.last_score)} `, badge);
+      last.replaceChildren(`${L.scoreText(summary.last_score, threshold)} `, badge);
     }
     const at = typeof summary.peak_time_s === "number" ? ` at ${summary.peak_time_s.toFixed(2)} s` : "";
     set("sum-peak", typeof summary.peak_score === "number" ? fmt(summary.peak_score) + at : "—");
@@ -290,7 +295,7 @@
     const score = msg.score;
     if (typeof score !== "number") return;
     const current = role("current-score");
-    if (current) current.textContent = score.toFixed(3);
+    if (current) current.textContent = L.scoreText(score, threshold);
     const label = role("current-label");
     if (label) label.replaceChildren(L.scoreBadge(score, threshold, msg.learning));
     root.classList.toggle("is-anomaly", !msg.learning && score >= threshold);
@@ -394,7 +399,9 @@
           }
         }
         if (msg.scores.length) showCurrent(msg.scores[msg.scores.length - 1]);
+        if (typeof msg.expected_frames === "number") expected = msg.expected_frames;
         if (msg.summary) {
+          scored = msg.summary.frames_scored;
           summary = { ...msg.summary };
           const newest = msg.scores[msg.scores.length - 1];
           if (newest) summary.last_learning = Boolean(newest.learning);
@@ -416,7 +423,7 @@
           if (msg.reset && tbody) tbody.replaceChildren();
           if (msg.reset) learningStart = null; // a re-run learns again from its start
           applyStatus(msg);
-        } else if (msg.type === "progress") setProgress(msg.progress);
+        } else if (msg.type === "progress") setProgress(msg.progress, msg);
         else if (msg.type === "incident") upsertIncident(msg);
         else if (msg.type === "frame") setFrame(msg.url);
       },

@@ -30,7 +30,7 @@
       const score = msg.score;
       if (!holder || typeof score !== "number") return;
       const text = document.createElement("span");
-      text.textContent = `last score ${score.toFixed(3)}`;
+      text.textContent = `last score ${L.scoreText(score, threshold)}`;
       holder.replaceChildren(text, " ", L.scoreBadge(score, threshold, msg.learning));
     }
 
@@ -42,13 +42,18 @@
       frames.textContent = `${total} frame${total === 1 ? "" : "s"} scored`;
     }
 
-    function setProgress(value) {
+    let scored = null;
+    let expected = null;
+
+    function setProgress(value, msg = {}) {
+      if (typeof msg.scored === "number") scored = msg.scored;
+      if (typeof msg.expected === "number") expected = msg.expected;
       if (typeof value !== "number") return;
       const pct = Math.round(Math.max(0, Math.min(1, value)) * 100);
       const bar = role("progress");
       if (bar) bar.value = pct;
       const text = role("progress-text");
-      if (text) text.textContent = `${pct}% done`;
+      if (text) text.textContent = L.progressText(pct, scored, expected, " done");
     }
 
     function applyStatus(msg) {
@@ -70,6 +75,10 @@
       },
       onSnapshot(msg, append) {
         useClock = Boolean(msg.is_live);
+        if (typeof msg.expected_frames === "number") expected = msg.expected_frames;
+        if (msg.summary && typeof msg.summary.frames_scored === "number") {
+          scored = msg.summary.frames_scored;
+        }
         if (typeof msg.threshold === "number") {
           threshold = msg.threshold;
           chart.setThreshold(threshold);
@@ -98,7 +107,7 @@
         if (msg.type === "status") {
           applyStatus(msg);
           if (typeof msg.status === "string" && !ACTIVE.includes(msg.status)) conn.close();
-        } else if (msg.type === "progress") setProgress(msg.progress);
+        } else if (msg.type === "progress") setProgress(msg.progress, msg);
       },
     });
   }

@@ -192,6 +192,25 @@
     return score >= threshold ? badge("badge-anomaly", "Anomaly") : badge("badge-normal", "Normal");
   }
 
+  // A score beside its label: more digits where rounding would carry it across the
+  // threshold (0.5997 at 0.6 reads "0.5997", never "0.600" beside "Normal").
+  function scoreText(score, threshold, digits = 3) {
+    let text = score.toFixed(digits);
+    for (let more = digits + 1; more < 10; more++) {
+      if (typeof threshold !== "number" || Number(text) >= threshold === score >= threshold) break;
+      text = score.toFixed(more);
+    }
+    return text;
+  }
+
+  // A file analysis's progress: "16 of 80 frames (20%)" once the expected count is known.
+  function progressText(pct, scored, expected, suffix = "") {
+    if (typeof scored === "number" && typeof expected === "number" && expected > 0) {
+      return `${scored} of ${expected} frames (${pct}%)`;
+    }
+    return `${pct}%${suffix}`;
+  }
+
   function seconds(value) {
     if (Math.abs(value) < 60) return `${Number(value.toFixed(1))} s`;
     const total = Math.round(value);
@@ -456,6 +475,8 @@
     showState,
     setStatusBadge,
     scoreBadge,
+    scoreText,
+    progressText,
     scoreChart,
     toPoint,
     downloadPNG,

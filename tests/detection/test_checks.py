@@ -10,6 +10,7 @@ from django.test import override_settings
 
 from detection import checks
 from detection.engine import ModelLoadError, ModelSpec, load_model, modelspec
+from tests.support.processes import manage
 
 
 def _ids(messages) -> list[str]:
@@ -195,6 +196,33 @@ def test_it_does_not_warn_about_a_media_root_that_uploads_will_create(tmp_path):
     media: Path = tmp_path / "media"
     with override_settings(MEDIA_ROOT=media, DETECTION_VIDEO_DIRS=[media]):
         assert checks.check_video_dirs() == []
+
+
+def test_it_names_each_allowed_video_directory_once(tmp_path):
+    from django.core.exceptions import ValidationError
+
+    from cameras import validators
+
+    media = tmp_path / "media"
+    media.mkdir()
+    # The default: MEDIA_ROOT is the one entry, and allowed anyway.
+    with override_settings(MEDIA_ROOT=media, DETECTION_VIDEO_DIRS=[media]):
+        assert validators.allowed_video_dirs() == [media.resolve()]
+        with pytest.raises(ValidationError) as raised:
+            validators.video_path(str(tmp_path / "elsewhere.mp4"))
+    assert raised.value.messages[0].count(str(media.resolve())) == 1
+
+
+def test_it_migrates_the_channel_layer_quietly_when_nothing_is_to_do(tmp_path, subprocess_env):
+    env = {**subprocess_env, "CHANNELS_LAYER": "sqlite", "CHANNELS_DB_PATH": str(tmp_path / "c.db")}
+    env.pop("REDIS_URL", None)
+    first = manage("migrate_channels", env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "Applying" in first.stdout
+    again = manage("migrate_channels", env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "channel layer: database up to date"
+    assert "W001" not in again.stderr  # `migrate` has said the warnings already
 
 
 # --- channel layer --------------------------------------------------------------------

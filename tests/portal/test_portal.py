@@ -95,3 +95,11 @@ async def test_it_refuses_a_websocket_from_a_foreign_origin():
     connected, _ = await communicator.connect()
     assert connected is False
     await communicator.wait()
+
+
+@pytest.mark.django_db
+def test_it_links_a_favicon_and_redirects_favicon_ico_to_it(client):
+    page = client.get(reverse("login")).content.decode()
+    assert 'rel="icon" href="/static/favicon.svg"' in page
+    response = client.get("/favicon.ico")
+    assert response.status_code == 302 and response["Location"] == "/static/favicon.svg"

@@ -115,6 +115,43 @@ def test_it_shows_each_camera_with_its_status_and_analyses(logged_in, viewer):
     assert "last score" not in not_started.text
 
 
+def test_it_shows_progress_as_frames_scored_of_frames_expected(logged_in, viewer):
+    camera = CameraFactory(kind=Camera.Kind.FILE, source="/videos/p.mp4", viewers=[viewer])
+    analysis = AnalysisFactory(
+        camera=camera,
+        status=Analysis.Status.RUNNING,
+        progress=0.2,
+        frames_scored=16,
+        metadata={"expected_frames": 80},
+    )
+    card = _card(logged_in.get(reverse("dashboard")).content.decode(), camera)
+    assert "16 of 80 frames (20%)" in card.text
+    page = parse(logged_in.get(analysis.get_absolute_url()).content.decode())
+    texts = [el.text for el in page.find_all(data_role="progress-text")]
+    assert texts == ["16 of 80 frames (20%)", "16 of 80 frames (20%)"]
+
+
+def test_it_shows_enough_digits_to_agree_with_the_label(logged_in, viewer):
+    camera = CameraFactory(viewers=[viewer])
+    analysis = AnalysisFactory(
+        camera=camera, status=Analysis.Status.RUNNING, threshold=0.6, last_score=0.5997
+    )
+    card = _card(logged_in.get(reverse("dashboard")).content.decode(), camera)
+    assert "last score 0.5997" in card.text  # not "0.600" beside "Normal"
+    assert ("badge badge-normal", "Normal") in badges(card)
+    page = parse(logged_in.get(analysis.get_absolute_url()).content.decode())
+    assert page.one(data_role="current-score").text == "0.5997"
+    AnalysisFactory(camera=camera, threshold=0.6, last_score=0.61234)
+    card = _card(logged_in.get(reverse("dashboard")).content.decode(), camera)
+    assert "last score 0.612" in card.text  # three digits where they suffice
+
+
+def test_it_offers_an_upload_on_an_empty_dashboard(logged_in):
+    page = parse(logged_in.get(reverse("dashboard")).content.decode())
+    empty = page.one("section", class_="empty")
+    assert (reverse("detection:upload"), "upload a video") in links(empty)
+
+
 @pytest.mark.parametrize("count", [1, 12])
 def test_it_renders_the_dashboard_in_a_bounded_number_of_queries(
     client, settings, django_assert_max_num_queries, count

@@ -109,6 +109,47 @@ def test_it_stores_what_analyze_video_computes(media, make_video):
 
 
 @pytest.mark.django_db
+def test_it_reports_progress_as_frames_scored_of_frames_expected(media, make_video):
+    # 40 frames at 10 fps sampled at 2 fps: 8 samples expected. Decoding runs ahead of
+    # scoring (prefetch); progress follows what is stored.
+    analysis = file_analysis(make_video("p.avi", frames=40, fps=10.0), sampling_fps=2.0)
+    w, publisher = worker(batch_size=3)
+    w.claim_step()
+    analysis.refresh_from_db()
+    assert analysis.metadata["expected_frames"] == 8
+    while w.jobs:
+        pending = w.gather_step()
+        if pending:
+            w.score_step(pending)
+        w.finish_step()
+    progress = publisher.kinds("progress")
+    assert [(p["scored"], p["expected"]) for p in progress] == [
+        (3, 8),
+        (6, 8),
+        (8, 8),
+        (8, 8),
+    ]
+    assert [p["progress"] for p in progress] == [3 / 8, 6 / 8, 0.999, 1.0]
+    assert publisher.kinds("status")[-1] == {"status": "completed", "progress": 1.0}
+    analysis.refresh_from_db()
+    assert analysis.progress == 1.0 and analysis.metadata["expected_frames"] == 8
+
+
+@pytest.mark.django_db
+def test_it_counts_skipped_black_frames_as_done(media, make_video):
+    path = make_video("b.avi", frames=40, fps=10.0, black=range(0, 10))
+    file_analysis(path, sampling_fps=2.0)
+    w, publisher = worker(batch_size=6)
+    w.run()
+    progress = publisher.kinds("progress")
+    # Samples 0 and 5 are black: the first store (frames 10-35) is 8 of 8 samples along.
+    assert [(p["scored"], p["expected"], p["progress"]) for p in progress] == [
+        (6, 8, 0.999),
+        (6, 8, 1.0),
+    ]
+
+
+@pytest.mark.django_db
 def test_it_resumes_after_the_last_stored_frame(media, make_video):
     path = make_video("r.avi", frames=50, fps=10.0)
     analysis = file_analysis(path)

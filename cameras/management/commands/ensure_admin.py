@@ -21,6 +21,9 @@ class Command(BaseCommand):
         f"{PASSWORD_ENV} or is generated and printed once. Safe to run repeatedly."
     )
 
+    # `migrate` has run them just before (make run); they would only repeat its warnings.
+    requires_system_checks: list[str] = []
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="admin", help="default: admin")
         parser.add_argument("--email", default="", help="optional e-mail address")

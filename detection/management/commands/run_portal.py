@@ -31,9 +31,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
-        commands = [[*manage, "runserver", options["addrport"]]]
+        # This command ran the system checks already: the children say them again only once
+        # each, not once per process.
+        commands = [[*manage, "runserver", options["addrport"], "--skip-checks"]]
         if not options["no_worker"]:
-            commands.append([*manage, "run_detector"])
+            commands.append([*manage, "run_detector", "--skip-checks"])
         children = [subprocess.Popen(c, start_new_session=True) for c in commands]
         stopping = False
 
