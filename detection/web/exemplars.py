@@ -22,7 +22,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -37,7 +37,7 @@ from detection.engine.video import VIDEO_EXTENSIONS
 from detection.models import Analysis, Exemplar
 from detection.web import upload_handlers
 from detection.web.forms import IMAGE_MAX_MB, _size_error, strip_prefix
-from detection.web.storage import video_extension
+from detection.web.storage import private_jpeg, video_extension
 
 log = logging.getLogger(__name__)
 
@@ -323,16 +323,8 @@ def _form_errors(form: ExemplarForm) -> list[str]:
 def exemplar_image(request: HttpRequest, pk: int) -> FileResponse:
     """An example's image, for those who may see its camera (MEDIA_URL is never served)."""
     exemplar = get_object_or_404(visible_exemplars(request.user), pk=pk)
-    if not exemplar.image:
-        raise Http404("This example has no image.")
-    try:
-        handle = exemplar.image.open("rb")
-    except FileNotFoundError:
-        raise Http404("The image file is missing.") from None
-    response = FileResponse(handle, content_type="image/jpeg")
     # An example's image never changes (a new one is a new example).
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+    return private_jpeg(exemplar.image, "example", "private, max-age=3600")
 
 
 @login_required

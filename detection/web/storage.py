@@ -12,6 +12,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import UploadedFile
+from django.db.models.fields.files import FieldFile
+from django.http import FileResponse, Http404
 
 from detection.engine.video import VIDEO_EXTENSIONS
 
@@ -50,3 +52,17 @@ def discard(path: Path | None) -> None:
     """Delete a stored upload; a missing file is not an error."""
     if path is not None:
         path.unlink(missing_ok=True)
+
+
+def private_jpeg(file: FieldFile, what: str, cache_control: str) -> FileResponse:
+    """A stored JPEG that passed an access check (MEDIA_ROOT is never served as a folder);
+    404 naming `what` when there is none or its file is gone."""
+    if not file:
+        raise Http404(f"This {what} has no image.")
+    try:
+        handle = file.open("rb")
+    except FileNotFoundError:
+        raise Http404(f"The {what}'s file is missing.") from None
+    response = FileResponse(handle, content_type="image/jpeg")
+    response["Cache-Control"] = cache_control
+    return response

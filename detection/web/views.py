@@ -27,6 +27,7 @@ from detection.live.messages import incident_message
 from detection.models import Analysis, Exemplar, FrameScore, Incident
 from detection.web.exemplars import ExemplarForm
 from detection.web.series import display_series
+from detection.web.storage import private_jpeg
 
 SCORES_PER_PAGE = 100
 # A live camera collects incidents for months; the page shows the newest, the admin all.
@@ -169,17 +170,9 @@ def incident_thumbnail(request: HttpRequest, pk: int) -> FileResponse:
     every file a page shows goes through a view that applies the access rule.
     """
     incident = get_object_or_404(visible_incidents(request.user), pk=pk)
-    if not incident.thumbnail:
-        raise Http404("This incident has no thumbnail.")
-    try:
-        handle = incident.thumbnail.open("rb")
-    except FileNotFoundError:
-        raise Http404("The thumbnail file is missing.") from None
-    response = FileResponse(handle, content_type="image/jpeg")
     # Private: it passed an access check. The URL carries a version (`?v=`), but the file
     # of an open incident is replaced in place, so browsers revalidate rather than trust it.
-    response["Cache-Control"] = "private, no-cache"
-    return response
+    return private_jpeg(incident.thumbnail, "incident", "private, no-cache")
 
 
 def _wants_json(request: HttpRequest) -> bool:

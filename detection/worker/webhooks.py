@@ -17,8 +17,6 @@ import base64
 import http.client
 import json
 import logging
-import socket
-import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,6 +33,7 @@ from detection.engine.netpolicy import (
     UnresolvableHost,
     redact,
 )
+from detection.engine.outbound import pinned_connection
 
 log = logging.getLogger(__name__)
 
@@ -117,62 +116,12 @@ def _post(target: Target, addresses: tuple[IPAddress, ...], body: bytes) -> tupl
     if target.username is not None:
         secret = f"{target.username}:{target.password or ''}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(secret).decode("ascii")
-    connection: http.client.HTTPConnection
-    if target.scheme == "https":
-        connection = _PinnedHTTPSConnection(target.host, target.port, addresses)
-    else:
-        connection = _PinnedHTTPConnection(target.host, target.port, addresses)
+    # Connected to the checked addresses, not a new lookup; `host` stays the name (the
+    # Host header, SNI and the certificate check are about the name the operator wrote).
+    connection = pinned_connection(target, addresses, timeout=TIMEOUT_S)
     try:
         connection.request("POST", target.request_target, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, response.getheader("Location") or ""
     finally:
         connection.close()
-
-
-def _connect_to(addresses: tuple[IPAddress, ...]):
-    """A stand-in for `socket.create_connection` that connects to the checked addresses.
-
-    No resolver is involved: the socket connects to each address in turn, as given
-    (`socket.create_connection` would call getaddrinfo even for an IP literal).
-    """
-
-    def create_connection(
-        address: tuple[str, int], timeout: object = None, source_address: Any = None
-    ) -> socket.socket:
-        error: OSError = OSError("no address to connect to")
-        for ip in addresses:
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(timeout if isinstance(timeout, int | float) else TIMEOUT_S)
-                if source_address:
-                    sock.bind(source_address)
-                sock.connect((str(ip), address[1]))
-                return sock
-            except OSError as exc:
-                sock.close()
-                error = exc
-        raise error
-
-    return create_connection
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """http.client, but connected to the addresses that were checked, not a new lookup.
-
-    `host` stays the name: the Host header (and, for https, SNI and the certificate check)
-    are about the name the operator wrote.
-    """
-
-    def __init__(self, host: str, port: int, addresses: tuple[IPAddress, ...]) -> None:
-        super().__init__(host, port, timeout=TIMEOUT_S)
-        self._create_connection = _connect_to(addresses)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    __doc__ = _PinnedHTTPConnection.__doc__
-
-    def __init__(self, host: str, port: int, addresses: tuple[IPAddress, ...]) -> None:
-        super().__init__(host, port, timeout=TIMEOUT_S, context=ssl.create_default_context())
-        self._create_connection = _connect_to(addresses)
