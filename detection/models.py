@@ -296,6 +296,15 @@ class Incident(models.Model):
         url = reverse("detection:incident_thumbnail", args=[self.pk])
         return f"{url}?v={self.peak_frame_index if self.peak_frame_index is not None else 0}"
 
+    @property
+    def clip_url(self) -> str | None:
+        """The access-checked clip view once the worker has written the clip; else None."""
+        from detection.frames import incident_clip_path
+
+        if self.pk is None or not incident_clip_path(self.pk).exists():
+            return None
+        return reverse("detection:incident_clip", args=[self.pk])
+
 
 class Exemplar(models.Model):
     """An example frame an operator gave: normal (joins the memory) or an anomaly.

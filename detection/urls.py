@@ -17,6 +17,7 @@ urlpatterns = [
     path("analyses/<int:pk>/exemplars/", exemplars.add_exemplars, name="exemplar_add"),
     path("incidents/<int:pk>/acknowledge/", views.acknowledge, name="acknowledge"),
     path("incidents/<int:pk>/thumbnail.jpg", views.incident_thumbnail, name="incident_thumbnail"),
+    path("incidents/<int:pk>/clip.mp4", views.incident_clip, name="incident_clip"),
     path("incidents/<int:pk>/false-alarm/", views.false_alarm, name="false_alarm"),
     path("incidents/<int:pk>/confirm/", views.confirm, name="confirm"),
     path("exemplars/<int:pk>/image.jpg", exemplars.exemplar_image, name="exemplar_image"),

@@ -132,6 +132,11 @@ def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] |
         "name": analysis.name,
         "status": analysis.status,
         "camera_status": analysis.camera.status,
+        "last_error": analysis.camera.last_error,
+        "camera_last_frame_at": analysis.camera.last_frame_at.isoformat()
+        if analysis.camera.last_frame_at
+        else None,
+        "phase": (analysis.metadata or {}).get("phase", ""),
         "error_message": analysis.error_message,
         "progress": analysis.progress,
         "expected_frames": (analysis.metadata or {}).get("expected_frames"),

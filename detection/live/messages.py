@@ -27,7 +27,9 @@ SCORE_KEYS = (
     "learning",
 )
 # What a status message may carry besides `status` (pages update what is present).
-STATUS_KEYS = ("progress", "error_message", "camera_status", "last_error", "reset")
+# `phase` says what a running analysis is doing before its first score ("loading model");
+# "" once it scores. `last_error` is the camera's, credentials redacted.
+STATUS_KEYS = ("progress", "error_message", "camera_status", "last_error", "reset", "phase")
 
 
 def score_message(
@@ -102,5 +104,6 @@ def incident_message(incident: Any) -> dict[str, Any]:
         if incident.acknowledged_at
         else None,
         "thumbnail_url": incident.thumbnail_url,
+        "clip_url": incident.clip_url,
         "feedback": incident.feedback or None,
     }

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_POST, require_safe
 from detection import actions
 from detection.access import visible_analyses, visible_incidents
 from detection.engine.prompt_help import sound_warnings
-from detection.frames import latest_frame_path
+from detection.frames import incident_clip_path, latest_frame_path
 from detection.live.messages import incident_message
 from detection.models import Analysis, Exemplar, FrameScore, Incident
 from detection.web.exemplars import ExemplarForm
@@ -173,6 +173,21 @@ def incident_thumbnail(request: HttpRequest, pk: int) -> FileResponse:
     # Private: it passed an access check. The URL carries a version (`?v=`), but the file
     # of an open incident is replaced in place, so browsers revalidate rather than trust it.
     return private_jpeg(incident.thumbnail, "incident", "private, no-cache")
+
+
+@login_required
+@require_safe
+def incident_clip(request: HttpRequest, pk: int) -> FileResponse:
+    """An incident's short clip (MP4), for those who may see the incident."""
+    incident = get_object_or_404(visible_incidents(request.user), pk=pk)
+    path = incident_clip_path(incident.pk)
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise Http404("This incident has no clip (yet).") from None
+    response = FileResponse(handle, content_type="video/mp4")
+    response["Cache-Control"] = "private, no-cache"
+    return response
 
 
 def _wants_json(request: HttpRequest) -> bool:
