@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
+
+from detection.engine.netpolicy import redact
 
 from . import validators
+
+# A live camera counts as streaming while the worker says it is online and has stored a
+# frame this recently (it stamps last_frame_at at most every 5 s). A stale stamp means
+# the worker that said "online" is gone.
+STREAMING_WITHIN = timedelta(seconds=60)
+
+# A URL inside a message (an error naming the stream it could not open).
+# (Trailing punctuation is the sentence's, not the URL's.)
+_URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>:.,;)]", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DisplayState:
+    """What the dashboard shows for a camera: `key` names a CSS class (status-<key>)."""
+
+    key: str
+    label: str
 
 
 class Camera(models.Model):
@@ -85,3 +110,60 @@ class Camera(models.Model):
     @property
     def is_live(self) -> bool:
         return self.kind != self.Kind.FILE
+
+    # --- for display only (the dashboard); nothing here is stored ----------------------
+
+    @property
+    def display_state(self) -> DisplayState:
+        """A live camera's own status; a file camera's from its analyses.
+
+        A file is never "online": the worker reads it only while analysing it, so its
+        stored status says nothing. Reads `self.analyses.all()` (prefetch it for lists).
+        """
+        if self.is_live:
+            return DisplayState(self.status, self.get_status_display())
+        analyses = list(self.analyses.all())
+        statuses = {a.status for a in analyses}
+        if "running" in statuses:
+            return DisplayState("analysing", "Analysing")
+        if "queued" in statuses:
+            return DisplayState("queued", "Queued")
+        finished = [a for a in analyses if a.status in ("completed", "failed", "stopped")]
+        if not finished:
+            return DisplayState("idle", "Not analysed yet")
+        last = max(finished, key=lambda a: (a.finished_at or a.updated_at, a.pk))
+        return {
+            "completed": DisplayState("analysed", "Analysed"),
+            "failed": DisplayState("failed", "Failed"),
+            "stopped": DisplayState("stopped", "Stopped"),
+        }[last.status]
+
+    @property
+    def is_streaming(self) -> bool | None:
+        """Frames arriving now (online, and a frame stored lately); None for files."""
+        if not self.is_live:
+            return None
+        if self.status != self.Status.ONLINE or self.last_frame_at is None:
+            return False
+        return timezone.now() - self.last_frame_at <= STREAMING_WITHIN
+
+    @property
+    def shown_error(self) -> str:
+        """The last error while the camera is not online, credentials hidden; else ""."""
+        if self.status == self.Status.ONLINE or not self.last_error:
+            return ""
+        return redact_text(self.last_error, self.source)
+
+
+def redact_text(text: str, source: str = "") -> str:
+    """`text` with every URL in it redacted, and the source's password (if it has one)
+    hidden wherever else it appears: the worker redacts what it stores, and this makes
+    sure of it on every page."""
+    text = _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
+    try:
+        password = urlsplit(source).password if "://" in source else None
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***")
+    return text

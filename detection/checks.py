@@ -18,7 +18,7 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from .engine import modelspec
+from .engine import modelspec, weights
 from .engine.modelspec import SpecError
 
 TAG = "detection"
@@ -75,6 +75,66 @@ def check_pretrained(
     except SpecError as error:
         return [_spec_error(error)]
     return []
+
+
+def check_weights_available(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Warn when the configured weights are neither cached nor downloadable right now.
+
+    Without this, a first `make run` offline looked like a silent 'Running 0%' for ~48 s of
+    hub retries before the analysis failed. The cache is looked up without the network; the
+    host gets one connection attempt of at most weights.PROBE_TIMEOUT_S (1.5 s), DNS
+    included, and none at all when the weights are cached or HF_HUB_OFFLINE is set.
+    """
+    pretrained: str = settings.DETECTION_PRETRAINED
+    if modelspec.is_random_weights(pretrained) or modelspec.looks_like_path(pretrained):
+        return []  # W001 and E002 speak for these; nothing is downloaded
+    try:
+        model_name = modelspec.resolve_model_name(settings.DETECTION_MODEL)
+        if not modelspec.brings_own_weights(model_name):
+            modelspec.resolve_pretrained(model_name, pretrained)
+        source = weights.source_for(model_name, pretrained)
+    except SpecError:
+        return []  # E001/E003 report it: one message per mistake
+    if source is None:
+        return []
+    cache_dir = getattr(settings, "DETECTION_CACHE_DIR", None)
+    if weights.cached_path(source, str(cache_dir) if cache_dir else None):
+        return []
+    offline = weights.hub_offline() and source.repo is not None
+    if not offline and weights.reachable(*source.host):
+        return []  # not cached, but the first load can download them
+    host, _port = source.host
+    why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+    wait = "" if offline else " (after about 48 s of download retries)"
+    return [
+        Warning(
+            f"The weights DETECTION_MODEL={settings.DETECTION_MODEL!r} "
+            f"DETECTION_PRETRAINED={pretrained!r} are not cached on this machine and {why}: "
+            f"every analysis would fail to load the model{wait}.",
+            hint=_offline_hint(source),
+            id="detection.W004",
+        )
+    ]
+
+
+def _offline_hint(source: weights.WeightsSource) -> str:
+    restart = (
+        "then restart `make run` (or the worker) with the variable set; README, 'Running "
+        "offline with a local checkpoint'."
+    )
+    if modelspec.brings_own_weights(settings.DETECTION_MODEL):
+        return (
+            f"On a machine with internet, download the files of {source.where} into a folder, "
+            f"copy it here and set DETECTION_MODEL=local-dir:/path/to/folder; {restart}"
+        )
+    filename = source.needed[-1][-1] if source.needed else (source.url or "").rsplit("/", 1)[-1]
+    return (
+        f"On a machine with internet, download {filename} from {source.where}, copy it here "
+        f"and set DETECTION_PRETRAINED=/path/to/{filename} (or DETECTION_PRETRAINED=none for "
+        f"random weights, tests only); {restart}"
+    )
 
 
 def check_device(
@@ -142,6 +202,7 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
 ALL_CHECKS: tuple[Check, ...] = (
     check_model,
     check_pretrained,
+    check_weights_available,
     check_device,
     check_video_dirs,
     check_channel_layer,

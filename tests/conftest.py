@@ -48,6 +48,14 @@ def fast_passwords(settings) -> None:
 # --- files ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def private_media(tmp_path_factory: pytest.TempPathFactory, settings) -> None:
+    """No test writes into the checkout's var/media (a later `make run` would show it): the
+    worker keeps live frames, pictures and clips there. Tests that look at the files ask
+    for `media`."""
+    settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
+
+
 @pytest.fixture
 def make_video(tmp_path: Path) -> VideoFactory:
     """make_video(name, frames=20, fps=10.0, size=(320, 240), black=(), codec=None)."""

@@ -19,6 +19,7 @@ import torch
 from .device import DTYPES, resolve_device, resolve_precision
 from .errors import ModelLoadError
 from .modelspec import is_random_weights, resolve_model_name, resolve_pretrained
+from .weights import route_hub_logs_through_root
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,9 @@ def _download_hint(model_name: str, tag: str) -> str:
 def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
     import open_clip
 
+    # Imported with open_clip, the hub adds its own stderr handler: each retry warning of a
+    # failing download would otherwise be printed twice (issue 14).
+    route_hub_logs_through_root()
     model_name = resolve_model_name(spec.name)
     pretrained = resolve_pretrained(model_name, spec.pretrained)
     if spec.random_weights:

@@ -281,6 +281,12 @@ class LiveSource:
                     return None
                 self._cond.wait(left)
 
+    def peek(self) -> Frame | None:
+        """The newest frame, whether or not `latest` returned it, without taking it: for
+        watchers (the live picture) that must not steal frames from scoring."""
+        with self._cond:
+            return self._slot
+
     def stop(self, timeout: float = 2.0) -> bool:
         """Stop reading and release the capture; True if the thread ended within `timeout`.
 

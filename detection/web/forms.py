@@ -182,6 +182,7 @@ def learning_error(
 
 
 class ImageTestForm(PromptsForm):
+    # Not required when an image is kept from this session's last upload (see __init__).
     image = forms.FileField(help_text=f"Any common image format, up to {IMAGE_MAX_MB} MB.")
     localize = forms.BooleanField(
         required=False,
@@ -191,27 +192,49 @@ class ImageTestForm(PromptsForm):
 
     field_order = ["image", "normal_prompts", "anomaly_prompts", "threshold", "localize"]
 
-    def __init__(self, *args: Any, oversized: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        oversized: bool = False,
+        kept: bytes | None = None,
+        kept_error: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """`kept`: the bytes of the image kept from this session's last upload, scored when
+        no file is sent; `kept_error`: why the page's kept image cannot be used."""
         super().__init__(*args, **kwargs)
         self.oversized = oversized
+        self.kept, self.kept_error = kept, kept_error
         self.frame: np.ndarray | None = None
-        if oversized:
+        self.uploaded: bytes | None = None  # a new image's bytes, to be kept
+        if oversized or kept is not None or kept_error is not None:
             self.fields["image"].required = False
 
     def clean_image(self) -> Any:
         image = self.cleaned_data.get("image")
         if self.oversized or (image is not None and image.size > IMAGE_MAX_MB * 1024 * 1024):
             raise _size_error(IMAGE_MAX_MB)
+        if image is None:
+            if self.kept_error is not None:
+                raise ValidationError(self.kept_error, code="kept_image")
+            self.frame = self._decode(self.kept or b"")
+            return None
         # The content decides the format (a PNG named .jpg is fine, a text file is not);
-        # decoded once here, scored from the array, never written to disk.
+        # decoded once here and scored from the array.
         image.seek(0)
+        data = image.read()
+        self.frame = self._decode(data)
+        self.uploaded = data
+        return image
+
+    @staticmethod
+    def _decode(data: bytes) -> np.ndarray:
         try:
-            self.frame = load_image(image.read())
+            return load_image(data)
         except MediaError as exc:
             raise ValidationError(
                 strip_prefix(str(exc), "image bytes"), code="not_an_image"
             ) from None
-        return image
 
 
 def strip_prefix(message: str, prefix: str) -> str:

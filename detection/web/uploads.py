@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from detection.engine.limits import split_prompts
 from detection.engine.media import declared_shortfall
 from detection.engine.video import VideoReader
 from detection.models import Analysis
-from detection.web import storage, upload_handlers
+from detection.web import kept_images, storage, upload_handlers
 from detection.web.forms import (
     IMAGE_MAX_MB,
     ImageTestForm,
@@ -40,6 +41,8 @@ from detection.web.forms import (
 log = logging.getLogger(__name__)
 
 PREVIEW_MAX_WIDTH = 480
+# How long this session's last image took to score: the busy line's expected wait.
+LAST_SECONDS_KEY = "detection.image_seconds"
 
 
 # --- /upload/ -------------------------------------------------------------------------
@@ -169,7 +172,8 @@ def _render_upload(request: HttpRequest, form: VideoUploadForm) -> HttpResponse:
 def analyze_image_page(request: HttpRequest) -> HttpResponse:
     cap = None
     if request.method == "POST":
-        # In memory only: the image is scored and shown, never written to disk.
+        # In memory while the request is read (never a temporary file); a valid image is
+        # then kept for this session (kept_images.py) so new prompts can score it again.
         cap = upload_handlers.install(request, IMAGE_MAX_MB * upload_handlers.MIB, in_memory=True)
     return _analyze_image_page(request, cap)
 
@@ -178,36 +182,67 @@ def analyze_image_page(request: HttpRequest) -> HttpResponse:
 def _analyze_image_page(
     request: HttpRequest, cap: upload_handlers.CappedUploadHandler | None
 ) -> HttpResponse:
-    result = preview = None
+    result = preview = kept = None
     if request.method != "POST":
         form = ImageTestForm()
+        kept = kept_images.current(request.session)  # a page opened afresh scores it too
     else:
+        files = request.FILES  # parsed now: the cap knows what it skipped only after this
+        oversized = cap is not None and "image" in cap.oversized
+        kept_data = kept_error = None
+        token = request.POST.get("kept", "")
+        if token and not oversized and not files.get("image"):
+            try:
+                kept_data, kept = kept_images.read(request.session, token)
+            except kept_images.KeptImageError as exc:
+                kept_error = str(exc)
         form = ImageTestForm(
-            request.POST,
-            request.FILES,
-            oversized=cap is not None and "image" in cap.oversized,
+            request.POST, files, oversized=oversized, kept=kept_data, kept_error=kept_error
         )
-        if form.is_valid():
-            from detection.api import analyze_image  # loads torch on first use only
-
-            data = form.cleaned_data
-            result = analyze_image(
-                form.frame,
-                split_prompts(data["normal_prompts"]),
-                split_prompts(data["anomaly_prompts"]),
-                threshold=data["threshold"],
-                localize=data["localize"],
-            )
+        valid = form.is_valid()
+        if form.uploaded is not None and form.frame is not None:
+            # Kept even when a prompt was wrong: the fixed form needs no file again.
+            upload = form.cleaned_data["image"]
+            height, width = form.frame.shape[:2]
+            kept = kept_images.keep(request.session, form.uploaded, upload.name, width, height)
+        if kept is None:
+            # A refused new file, or a page whose own image is gone: offer what is kept.
+            kept = kept_images.current(request.session)
+        if valid:
+            result, seconds = _score(form)
             if result["status"] != "Success":
                 form.add_error(None, result["error_message"])
                 result = None
             else:
+                request.session[LAST_SECONDS_KEY] = round(seconds, 1)
                 preview = preview_data_url(form.frame, result.get("box"))
     return render(
         request,
         "image.html",
-        {"form": form, "result": result, "preview": preview, "max_mb": IMAGE_MAX_MB},
+        {
+            "form": form,
+            "result": result,
+            "preview": preview,
+            "kept": kept,
+            "max_mb": IMAGE_MAX_MB,
+            "last_seconds": request.session.get(LAST_SECONDS_KEY),
+        },
     )
+
+
+def _score(form: ImageTestForm) -> tuple[dict[str, Any], float]:
+    from detection.api import analyze_image  # loads torch on first use only
+
+    data = form.cleaned_data
+    started = time.perf_counter()
+    result = analyze_image(
+        form.frame,
+        split_prompts(data["normal_prompts"]),
+        split_prompts(data["anomaly_prompts"]),
+        threshold=data["threshold"],
+        localize=data["localize"],
+    )
+    return result, time.perf_counter() - started
 
 
 def preview_data_url(frame: np.ndarray, box: dict[str, Any] | None = None) -> str:

@@ -6,7 +6,6 @@ answer the same 404, so nobody can probe for ids.
 
 from __future__ import annotations
 
-import json
 import math
 
 from django.contrib import messages
@@ -17,42 +16,47 @@ from django.db.models import Count
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
 
+from cameras.models import Camera
 from detection import actions
 from detection.access import visible_analyses, visible_incidents
 from detection.engine.prompt_help import sound_warnings
-from detection.frames import incident_clip_path, latest_frame_path
+from detection.frames import INCIDENT_CLIP_TYPE, incident_clip_path, latest_frame_path
 from detection.live.messages import incident_message
 from detection.models import Analysis, Exemplar, FrameScore, Incident
 from detection.web.exemplars import ExemplarForm
+from detection.web.incidents import back_to
+from detection.web.metadata import metadata_rows
+from detection.web.ranges import ranged_file
 from detection.web.series import display_series
 from detection.web.storage import private_jpeg
 
 SCORES_PER_PAGE = 100
 # A live camera collects incidents for months; the page shows the newest, the admin all.
 INCIDENTS_SHOWN = 100
+# The worker notes a live camera's last frame every 5 s while it scores.
+CAMERA_FRESH_S = 15.0
+INCIDENTS_SHADED = 2000  # ranges drawn on the chart (a file's, or a camera's)
 EXEMPLARS_SHOWN = 60
 CHANGE_PERMISSION = "detection.change_analysis"
 
 
-def _display_value(value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return format(value, ".6g") if math.isfinite(value) else str(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, default=str, ensure_ascii=False)
-    return str(value)
+def _streaming(camera: Camera) -> bool:
+    """Online with a frame lately: what the page's "Camera streaming" indicator starts from
+    (decided here, on the server's clock; the page then goes by the frames it receives)."""
+    if camera.status != Camera.Status.ONLINE or camera.last_frame_at is None:
+        return False
+    return (timezone.now() - camera.last_frame_at).total_seconds() < CAMERA_FRESH_S
 
 
-def _metadata_rows(metadata: object) -> list[tuple[str, str]]:
-    # The worker writes a flat dict; anything else (an old list, null) is not a table.
-    if not isinstance(metadata, dict):
-        return []
-    return sorted((str(key), _display_value(value)) for key, value in metadata.items())
+def _incident_ranges(analysis: Analysis) -> list[dict[str, object]]:
+    """What the chart shades: each incident's range (an open one runs to the newest point)."""
+    rows = analysis.incidents.order_by("start_time_s", "id").values_list(
+        "id", "start_time_s", "end_time_s"
+    )[:INCIDENTS_SHADED]
+    return [{"id": i, "start_time_s": s, "end_time_s": e, "open": e is None} for i, s, e in rows]
 
 
 def threshold_text(analysis: Analysis) -> str:
@@ -116,6 +120,7 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if latest_frame_path(analysis.pk).exists():
         version = analysis.last_frame_index if analysis.last_frame_index is not None else 0
         frame_url = f"{reverse('detection:frame', args=[analysis.pk])}?v={version}"
+    camera = analysis.camera
     return render(
         request,
         "analysis.html",
@@ -125,7 +130,16 @@ def analysis_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "normal_prompts": normal_prompts,
             "anomaly_prompts": anomaly_prompts,
             "prompt_warnings": sound_warnings(normal_prompts, anomaly_prompts),
-            "metadata": _metadata_rows(analysis.metadata),
+            "metadata": metadata_rows(analysis.metadata),
+            "phase": (analysis.metadata or {}).get("phase") or "",
+            # Results pages shade them from here; live pages from the socket's incidents.
+            "incident_ranges": None if live else _incident_ranges(analysis),
+            # Any scored frame (frame 0 here; pages put the index in) and the live picture.
+            "scored_frame_url": reverse("detection:scored_frame", args=[analysis.pk, 0]),
+            "picture_url": reverse("detection:live_picture", args=[analysis.pk])
+            if camera.is_live
+            else "",
+            "camera_streaming": _streaming(camera),
             "incidents": incident_list,
             "incidents_total": incidents.count()
             if len(incident_list) == INCIDENTS_SHOWN
@@ -177,17 +191,12 @@ def incident_thumbnail(request: HttpRequest, pk: int) -> FileResponse:
 
 @login_required
 @require_safe
-def incident_clip(request: HttpRequest, pk: int) -> FileResponse:
-    """An incident's short clip (MP4), for those who may see the incident."""
+def incident_clip(request: HttpRequest, pk: int) -> HttpResponse:
+    """An incident's short clip (MP4), for those who may see the incident; with Range
+    support, so the browser's player can seek (detection.web.ranges)."""
     incident = get_object_or_404(visible_incidents(request.user), pk=pk)
     path = incident_clip_path(incident.pk)
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise Http404("This incident has no clip (yet).") from None
-    response = FileResponse(handle, content_type="video/mp4")
-    response["Cache-Control"] = "private, no-cache"
-    return response
+    return ranged_file(request, path, INCIDENT_CLIP_TYPE, "This incident has no clip (yet).")
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -213,7 +222,7 @@ def acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         who = incident.acknowledged_by.get_username() if incident.acknowledged_by else "someone"
         messages.info(request, f"The incident was already acknowledged by {who}.")
-    return redirect(incident.analysis)
+    return back_to(request, incident.analysis)  # or the incidents page it came from
 
 
 FEEDBACK_DONE = {
@@ -247,7 +256,7 @@ def _feedback(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
         (messages.warning if result.no_frame else messages.success)(request, text)
     else:
         messages.info(request, text)
-    return redirect(incident.analysis)
+    return back_to(request, incident.analysis)  # or the incidents page it came from
 
 
 @login_required

@@ -23,6 +23,7 @@ import math
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,7 +54,7 @@ from detection.engine.video import is_black, samples_through
 from detection.live import messages
 from detection.live.publisher import ChannelPublisher, Publisher
 from detection.models import Analysis, FrameScore
-from detection.worker import leases, memory
+from detection.worker import clips, leases, memory, preview
 from detection.worker.recording import LeaseLost, Recorder, ScoredItem
 
 # (kind, source, **options) -> a live source, not yet started: `sources.open_source`'s shape.
@@ -176,6 +177,10 @@ class Worker:
         self._model: LoadedModel | None = None
         self._db_down_since: float | None = None
         self._db_attempts = 0
+        # Live pictures of watched cameras and the ring of scored frames (issue 14, 7-8).
+        self.pictures = preview.LivePictures()
+        # Incident clips: live pre-roll rings, file clips in a background thread (item 6).
+        self.clips = clips.ClipMaker()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -223,6 +228,8 @@ class Worker:
             did = True
         did |= self.finish_step()
         self.camera_status_step()
+        self.pictures.step(self.jobs)
+        self.clips.step(self.jobs)
         return did
 
     def shutdown(self) -> None:
@@ -244,6 +251,7 @@ class Worker:
             )
             for job in list(self.jobs.values()):
                 self.jobs.pop(job.pk).close()
+        self.clips.shutdown()  # live clips end here; file clips under way are finished
         log.info(
             "worker %s stopped: %d frames scored, %d stored",
             self.owner,
@@ -289,6 +297,9 @@ class Worker:
     def _idle_wait(self) -> float:
         live = [j.ticker.next_due for j in self.jobs.values() if isinstance(j, LiveJob)]
         wait = min(live) - time.monotonic() if live else self.poll_seconds
+        picture = self.pictures.next_due()  # a watched camera's next picture (4 a second)
+        if picture is not None:
+            wait = min(wait, picture - time.monotonic())
         return min(max(wait, 0.01), 0.25 if live else self.poll_seconds)
 
     # --- steps -----------------------------------------------------------------------
@@ -302,8 +313,7 @@ class Worker:
             only_id=self.analysis_id,
             serving=list(self.jobs),
         )
-        for analysis in claimed:
-            self._start(analysis)
+        self._start_all(claimed)
         return bool(claimed)
 
     def heartbeat_step(self) -> None:
@@ -452,6 +462,7 @@ class Worker:
                 self.frames_stored += len(items)
                 stored = True
                 self._stored(job)
+                self.pictures.stored(job.pk, items)
         return stored
 
     def finish_step(self) -> bool:
@@ -498,6 +509,60 @@ class Worker:
 
     # --- jobs ------------------------------------------------------------------------
 
+    def _start_all(self, claimed: list[Analysis]) -> None:
+        """Start what was claimed; a first model load (seconds, ~48 s of hub retries without
+        the weights) happens once, before, shown on their pages as "loading model"."""
+        error = None
+        if claimed and self._model is None:
+            self._set_phase(claimed, "loading model")
+            try:
+                self._load_model_holding(claimed)
+            except EngineError as exc:
+                error = str(exc)  # every claimed analysis fails with it: one load, not one each
+            finally:
+                self._set_phase(claimed, "")
+        for analysis in claimed:
+            if error is None:
+                self._start(analysis)
+            else:
+                self._fail(analysis.pk, error)
+
+    def _load_model_holding(self, claimed: list[Analysis]) -> LoadedModel:
+        """Load the model in a thread while this one renews the claimed leases: a first
+        download (~600 MB) can take minutes, far longer than a lease, and another worker
+        must not take over analyses that are only waiting for the model."""
+        outcome: dict[str, Any] = {}
+
+        def load() -> None:
+            try:
+                outcome["model"] = self._load_model()
+            except BaseException as exc:  # noqa: BLE001 (raised again in this thread)
+                outcome["error"] = exc
+
+        loader = threading.Thread(target=load, name="model-load", daemon=True)
+        loader.start()
+        renew_every = max(1.0, leases.lease_seconds() / 3)
+        while True:
+            loader.join(renew_every)
+            if not loader.is_alive():
+                break
+            leases.renew(self.owner, [analysis.pk for analysis in claimed])
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["model"]
+
+    def _set_phase(self, analyses: list[Analysis], phase: str) -> None:
+        """What the analyses are doing before their first score (`metadata["phase"]`, read
+        by the pages' snapshots), stored while this worker holds them, and published."""
+        for analysis in analyses:
+            analysis.metadata = {**analysis.metadata, "phase": phase}
+            Analysis.objects.filter(pk=analysis.pk, lease_owner=self.owner).update(
+                metadata=analysis.metadata
+            )
+            self.publisher.publish(
+                analysis.pk, "status", messages.status_message(Status.RUNNING, phase=phase)
+            )
+
     def _start(self, analysis: Analysis) -> None:
         try:
             model = self._load_model()
@@ -517,6 +582,9 @@ class Worker:
             return
         job.examples, job.learned_saved = watch, saved
         self.jobs[analysis.pk] = job
+        self.clips.attach(job)
+        if isinstance(job, LiveJob):
+            self.pictures.start(job.pk, job.source, analysis.sampling_fps, job.next_index)
         log.info("analysis %s (%s): started by %s", analysis.pk, analysis.camera.kind, self.owner)
         self.publisher.publish(analysis.pk, "status", messages.status_message(Status.RUNNING))
 

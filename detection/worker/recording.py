@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -105,6 +106,8 @@ class Recorder:
         self.publisher = publisher
         self.owner = owner
         self.keyframes = KeyFrames()
+        # Told of each incident opened or closed, once committed (detection.worker.clips).
+        self.on_incident: Callable[[Incident], None] | None = None
         self.smoother = Smoother(analysis.smoothing_window)
         self.tracker = IncidentTracker(
             threshold=analysis.threshold if threshold is None else threshold,
@@ -324,6 +327,8 @@ class Recorder:
             self.incident = None
 
     def _announce(self, incident: Incident) -> None:
+        if self.on_incident is not None:
+            self.on_incident(incident)  # never raises: clips log their own failures
         payload = messages.incident_message(incident)
         self.publisher.publish(self.analysis.pk, "incident", payload)
         if self.analysis.webhook_url:

@@ -126,6 +126,7 @@
       const note = document.createElement("td");
       row.append(
         cell(row, "thumb"),
+        cell(row, "clip"),
         cell(row, "range"),
         started,
         cell(row, "peak"),
@@ -141,6 +142,8 @@
     }
     row.classList.toggle("open", Boolean(inc.open));
     setThumbnail(cell(row, "thumb"), inc);
+    setClip(cell(row, "clip"), inc);
+    if (chart) chart.upsertIncident(inc);
     const range = cell(row, "range");
     range.replaceChildren(`${fixed2(inc.start_time_s)} s – `);
     if (inc.open) range.append(openBadge());
@@ -173,6 +176,36 @@
     image.loading = "lazy";
     link.append(image);
     td.replaceChildren(link);
+  }
+
+  // The incident's clip (written by the worker once the incident ends): a player on demand.
+  function setClip(td, inc) {
+    const url = typeof inc.clip_url === "string" && inc.clip_url.startsWith("/") && !inc.clip_url.startsWith("//") ? inc.clip_url : null;
+    const video = td.querySelector("video");
+    if (!url) {
+      if (!video && !td.textContent) {
+        const none = document.createElement("span");
+        none.className = "muted";
+        none.textContent = "—";
+        td.replaceChildren(none);
+      }
+      return;
+    }
+    if (video && video.getAttribute("src") === url) return;
+    const details = document.createElement("details");
+    details.className = "clip";
+    const summary = document.createElement("summary");
+    summary.textContent = "Play clip";
+    const player = document.createElement("video");
+    player.controls = true;
+    player.preload = "none";
+    player.src = url;
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = "";
+    link.textContent = "download";
+    details.append(summary, player, link);
+    td.replaceChildren(details);
   }
 
   function openBadge() {
@@ -245,7 +278,12 @@
     }
     if (typeof msg.camera_status === "string") {
       for (const holder of roles("camera-status")) L.setStatusBadge(holder, msg.camera_status);
+      cameraStatus = msg.camera_status;
     }
+    if (typeof msg.last_error === "string") showCameraError(msg.last_error);
+    if (typeof msg.phase === "string") showPhase(msg.phase);
+    else if (typeof msg.status === "string" && msg.status !== "running") showPhase("");
+    renderCamera();
     if (typeof msg.error_message === "string") {
       const error = role("error");
       if (error) {
@@ -255,6 +293,66 @@
     }
     setProgress(msg.progress);
   }
+
+  // What the worker is doing before its first score ("loading model"); "" once it scores.
+  function showPhase(phase) {
+    const el = role("phase");
+    if (!el) return;
+    el.textContent = phase;
+    el.hidden = !phase;
+  }
+
+  // The camera's last error (the sources redact credentials before it is stored).
+  function showCameraError(text) {
+    const line = role("camera-error-line");
+    const el = role("camera-error");
+    if (!line || !el) return;
+    el.textContent = text;
+    line.hidden = !text;
+  }
+
+  // "Page connected" (the socket, data-role=live-state) is one thing; "camera streaming"
+  // another: the camera online with frames arriving (scores, frames, live pictures) lately.
+  const FRAMES_FRESH_MS = 15000;
+  const isLiveCamera = root.dataset.isLive === "true";
+  let cameraStatus = root.dataset.cameraStatus || "";
+  let lastFrameSeen = root.dataset.cameraStreaming === "true" ? Date.now() : null;
+
+  function framesArrived() {
+    lastFrameSeen = Date.now();
+    renderCamera();
+  }
+
+  const CAMERA_TEXT = {
+    streaming: "streaming",
+    "no-frames": "online, no frames",
+    reconnecting: "reconnecting…",
+    offline: "offline",
+    failed: "failed",
+    unknown: "not streaming",
+    reading: "reading the file",
+    waiting: "waiting for a worker",
+    idle: "not being read",
+  };
+
+  function renderCamera() {
+    const el = role("camera-indicator");
+    if (!el) return;
+    let state;
+    if (!isLiveCamera) {
+      const status = root.dataset.status;
+      state = status === "running" ? "reading" : status === "queued" ? "waiting" : "idle";
+    } else if (cameraStatus === "online") {
+      const fresh = lastFrameSeen !== null && Date.now() - lastFrameSeen < FRAMES_FRESH_MS;
+      state = fresh ? "streaming" : "no-frames";
+    } else {
+      state = CAMERA_TEXT[cameraStatus] ? cameraStatus : "unknown";
+    }
+    el.dataset.state = state;
+    el.textContent = CAMERA_TEXT[state];
+  }
+  renderCamera();
+  window.setInterval(renderCamera, 2000);
 
   // The Summary card: stored values from each snapshot, then kept current per score.
   let summary = null;
@@ -360,17 +458,149 @@
     img.addEventListener("error", frameDone);
   }
 
+  // --- Exploring: the frame behind a clicked point ----------------------------------------------
+
+  const explore = role("explore");
+  const exploreImg = role("explore-image");
+  const exploreCaption = role("explore-caption");
+  const exploreError = role("explore-error");
+  let exploreSeq = 0;
+  let exploreObjectUrl = null;
+
+  // `url` for frame 0 is in data-frame-url; the server decodes (files) or finds what it kept
+  // (live cameras), or answers a short text saying why it cannot (shown as it is).
+  function frameUrl(index) {
+    return root.dataset.frameUrl.replace(/\/0\.jpg$/, `/${index}.jpg`);
+  }
+
+  async function showFrame(point) {
+    if (!explore || !Number.isInteger(point.i)) return;
+    const seq = ++exploreSeq;
+    explore.hidden = false;
+    explore.dataset.frame = String(point.i);
+    explore.dataset.state = "loading";
+    const at = typeof point.t === "number" ? point.t : point.x;
+    const when = root.dataset.isLive === "true" && typeof point.t !== "number" ? "" : ` at ${L.seconds(at)}`;
+    const label = point.l ? "learning" : point.y >= threshold ? "Anomaly" : "Normal";
+    exploreCaption.textContent = `Frame ${point.i}${when}: score ${L.scoreText(point.y, threshold)} (${label})`;
+    exploreError.hidden = true;
+    try {
+      const response = await fetch(frameUrl(point.i), { credentials: "same-origin" });
+      if (seq !== exploreSeq) return; // another point was clicked meanwhile
+      const type = response.headers.get("Content-Type") || "";
+      if (!response.ok || !type.startsWith("image/")) {
+        const text = type.startsWith("text/plain") ? (await response.text()).slice(0, 300) : "";
+        throw new Error(text || `This frame cannot be shown (HTTP ${response.status}).`);
+      }
+      const blob = await response.blob();
+      if (seq !== exploreSeq) return;
+      if (exploreObjectUrl) URL.revokeObjectURL(exploreObjectUrl);
+      exploreObjectUrl = URL.createObjectURL(blob);
+      exploreImg.src = exploreObjectUrl;
+      exploreImg.hidden = false;
+      explore.dataset.state = "shown";
+    } catch (err) {
+      if (seq !== exploreSeq) return;
+      exploreImg.hidden = true;
+      exploreError.textContent = err && err.message ? err.message : "This frame cannot be shown.";
+      exploreError.hidden = false;
+      explore.dataset.state = "error";
+    }
+  }
+
+  // --- The live picture: a few frames a second while the page is visible -----------------------
+  // Each request waits for the previous picture to load (paced by image loads, at most
+  // PICTURE_MS apart): a slow link gets fewer pictures, never a queue. Requests stop while the
+  // tab is hidden; the worker stops encoding some seconds after the last request.
+
+  const PICTURE_MS = 250;
+  const pictureFigure = role("picture-figure");
+  if (pictureFigure) {
+    const pictureImg = pictureFigure.querySelector('[data-role="picture"]');
+    const pictureCaption = pictureFigure.querySelector('[data-role="picture-caption"]');
+    let pictureTimer = null;
+    let pictureUrl = null;
+    let pictureN = 0;
+    let pictureStopped = false;
+    pictureFigure.dataset.count = "0";
+
+    const schedule = (delay) => {
+      if (pictureTimer === null && !pictureStopped) pictureTimer = window.setTimeout(loadPicture, delay);
+    };
+
+    async function loadPicture() {
+      pictureTimer = null;
+      if (document.hidden) return; // visibilitychange starts it again
+      const started = performance.now();
+      try {
+        const response = await fetch(`${pictureFigure.dataset.url}?n=${pictureN++}`, {
+          credentials: "same-origin",
+          cache: "no-store",
+        });
+        const type = response.headers.get("Content-Type") || "";
+        if (response.status === 403 || (response.redirected && !type.startsWith("image/"))) {
+          pictureStopped = true; // logged out or no access: a reload says more
+          pictureCaption.textContent = "Live picture: no access (reload the page)";
+          return;
+        }
+        if (!response.ok || !type.startsWith("image/")) {
+          const text = type.startsWith("text/plain") ? (await response.text()).slice(0, 200) : "";
+          pictureFigure.dataset.state = "waiting";
+          pictureCaption.textContent = text || "Live picture: waiting for the camera…";
+          pictureImg.classList.add("stale");
+          schedule(1000);
+          return;
+        }
+        const url = URL.createObjectURL(await response.blob());
+        await new Promise((resolve) => {
+          pictureImg.addEventListener("load", resolve, { once: true });
+          pictureImg.addEventListener("error", resolve, { once: true });
+          pictureImg.src = url;
+        });
+        if (pictureUrl) URL.revokeObjectURL(pictureUrl);
+        pictureUrl = url;
+        pictureImg.hidden = false;
+        pictureImg.classList.remove("stale");
+        pictureFigure.dataset.state = "live";
+        pictureFigure.dataset.count = String(Number(pictureFigure.dataset.count) + 1);
+        pictureCaption.textContent = "Live picture (about 4 frames/s)";
+        framesArrived();
+        schedule(Math.max(0, PICTURE_MS - (performance.now() - started)));
+      } catch (err) {
+        pictureFigure.dataset.state = "waiting";
+        pictureCaption.textContent = "Live picture: the server cannot be reached, retrying…";
+        schedule(2000);
+      }
+    }
+
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) schedule(0);
+    });
+    schedule(0);
+  }
+
   // --- Chart ----------------------------------------------------------------------------------
 
   const canvas = document.getElementById("score-chart");
   let chart = null;
+
+  // The incident ranges the page was rendered with (shaded on the chart).
+  function storedIncidents() {
+    const node = document.getElementById("incident-ranges");
+    try {
+      const list = node ? JSON.parse(node.textContent) : [];
+      return Array.isArray(list) ? list : [];
+    } catch (err) {
+      return [];
+    }
+  }
   if (!canvas || !window.Chart) return;
 
   if (root.dataset.mode === "results") {
     const node = document.getElementById("series-data");
     const series = node ? JSON.parse(node.textContent) : { points: [] };
     const peak = series.peak ? { x: series.peak.t, y: series.peak.s, i: series.peak.i } : null;
-    chart = L.scoreChart(canvas, { threshold, window: 0, peak });
+    chart = L.scoreChart(canvas, { threshold, window: 0, peak, onPick: showFrame });
     chart.replace(
       series.points.map((p) => {
         const point = { x: p.t, y: p.s, i: p.i };
@@ -380,12 +610,15 @@
         return point;
       }),
     );
+    chart.setIncidents(storedIncidents());
   } else {
     const useClock = root.dataset.isLive === "true";
     const window_ = parseInt(root.dataset.window, 10) || 60;
-    chart = L.scoreChart(canvas, { threshold, window: window_, clock: useClock });
+    chart = L.scoreChart(canvas, { threshold, window: window_, clock: useClock, onPick: showFrame });
     const stateEl = role("live-state");
     const points = (scores) => scores.map((s) => L.toPoint(s, useClock));
+
+    chart.setIncidents(storedIncidents());
 
     L.connect(root.dataset.wsUrl, {
       onState: (state, detail) => L.showState(stateEl, state, detail),
@@ -413,6 +646,7 @@
         if (msg.frame_url) setFrame(msg.frame_url);
       },
       onScore(msg) {
+        framesArrived();
         setThreshold(msg.threshold);
         chart.add(points([msg]));
         showCurrent(msg);
@@ -421,11 +655,15 @@
       onMessage(msg) {
         if (msg.type === "status") {
           if (msg.reset && tbody) tbody.replaceChildren();
+          if (msg.reset) chart.setIncidents([]);
           if (msg.reset) learningStart = null; // a re-run learns again from its start
           applyStatus(msg);
         } else if (msg.type === "progress") setProgress(msg.progress, msg);
         else if (msg.type === "incident") upsertIncident(msg);
-        else if (msg.type === "frame") setFrame(msg.url);
+        else if (msg.type === "frame") {
+          framesArrived();
+          setFrame(msg.url);
+        }
       },
     });
   }

@@ -118,6 +118,12 @@
             return;
           }
           if (previous < last) return restart(); // the series went backwards
+        } else if (previous !== null) {
+          // We hold nothing (an empty snapshot) yet the server stored scores before this
+          // one: they were published before we joined and lost. Ask for all of them.
+          resyncing = true;
+          ws.send(JSON.stringify({ type: "resync", after: -1 }));
+          return;
         }
         last = msg.frame_index;
         emit("onScore", msg);
@@ -234,6 +240,8 @@
     grid: "#eaecf0",
     learning: "#98a2b3",
     learningBand: "rgba(152, 162, 179, 0.16)",
+    incidentBand: "rgba(180, 35, 24, 0.12)",
+    picked: "#101828",
   };
 
   // Fill the canvas white, so the downloaded PNG is not transparent.
@@ -255,6 +263,8 @@
     let x = score.time_s;
     if (useClock) x = score.captured_at ? Date.parse(score.captured_at) : Date.now();
     const point = { x, y: score.score, i: score.frame_index };
+    // t: seconds from the start, which incident ranges use (x is the clock on live cameras).
+    if (useClock && typeof score.time_s === "number") point.t = score.time_s;
     if (score.learning) point.l = true;
     if (typeof score.prompt_score === "number") point.p = score.prompt_score;
     if (typeof score.novelty === "number") point.n = score.novelty;
@@ -291,7 +301,68 @@
     },
   };
 
-  /* opts: threshold, window (points kept; 0 = all), compact, clock, peak ({x, y}) */
+  // Incident ranges shaded behind the series (chart.$incidents: {start_time_s, end_time_s,
+  // open}); an open incident runs to the newest point. On a clock axis, seconds from the
+  // start become clock time through the newest point that has both (p.x - p.t * 1000).
+  // The boxes drawn are kept in chart.$incidentBoxes ({id, left, right}: pixels).
+  const incidentShading = {
+    id: "clipwatchIncidents",
+    beforeDatasetsDraw(chart) {
+      const incidents = chart.$incidents;
+      const points = chart.$learning;
+      chart.$incidentBoxes = [];
+      if (!incidents || !incidents.length || !points || !points.length) return;
+      const clockAxis = Boolean(chart.$clock);
+      let offset = 0;
+      if (clockAxis) {
+        const ref = [...points].reverse().find((p) => typeof p.t === "number");
+        if (!ref) return;
+        offset = ref.x - ref.t * 1000;
+      }
+      const toX = (t) => (clockAxis ? offset + t * 1000 : t);
+      const newest = points[points.length - 1].x;
+      const { ctx, chartArea, scales } = chart;
+      ctx.save();
+      ctx.fillStyle = COLORS.incidentBand;
+      for (const inc of incidents) {
+        if (typeof inc.start_time_s !== "number") continue;
+        const open = inc.open || typeof inc.end_time_s !== "number";
+        const x0 = scales.x.getPixelForValue(toX(inc.start_time_s));
+        const x1 = scales.x.getPixelForValue(open ? Math.max(newest, toX(inc.start_time_s)) : toX(inc.end_time_s));
+        let left = Math.max(chartArea.left, Math.min(x0, x1));
+        let right = Math.min(chartArea.right, Math.max(x0, x1));
+        if (right < chartArea.left || left > chartArea.right) continue; // out of the window
+        if (right - left < 2) right = Math.min(chartArea.right, left + 2); // a one-frame incident
+        if (right - left < 2) left = right - 2;
+        ctx.fillRect(left, chartArea.top, right - left, chartArea.bottom - chartArea.top);
+        chart.$incidentBoxes.push({ id: inc.id, left, right, open });
+      }
+      ctx.restore();
+    },
+  };
+
+  // A dashed line at the point the user picked (chart.$picked: an x value).
+  const pickedLine = {
+    id: "clipwatchPicked",
+    afterDatasetsDraw(chart) {
+      if (typeof chart.$picked !== "number") return;
+      const { ctx, chartArea, scales } = chart;
+      const x = scales.x.getPixelForValue(chart.$picked);
+      if (x < chartArea.left || x > chartArea.right) return;
+      ctx.save();
+      ctx.strokeStyle = COLORS.picked;
+      ctx.setLineDash([4, 3]);
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      ctx.moveTo(x, chartArea.top);
+      ctx.lineTo(x, chartArea.bottom);
+      ctx.stroke();
+      ctx.restore();
+    },
+  };
+
+  /* opts: threshold, window (points kept; 0 = all), compact, clock, peak ({x, y}),
+   * onPick(point) (a click on the chart: the nearest score point, {x, y, i, ...}) */
   function scoreChart(canvas, opts) {
     let threshold = opts.threshold;
     const limit = opts.window || 0;
@@ -376,13 +447,19 @@
     const chart = new window.Chart(canvas, {
       type: "line",
       data: { datasets },
-      plugins: [whiteBackground, learningBand],
+      plugins: [whiteBackground, learningBand, incidentShading, pickedLine],
       options: {
         animation: false,
         responsive: true,
         maintainAspectRatio: false,
         normalized: true,
         interaction: { mode: "nearest", axis: "x", intersect: false },
+        onClick: opts.onPick ? (event, elements, c) => pick(event, c) : undefined,
+        onHover: opts.onPick
+          ? (event, elements, c) => {
+              c.canvas.style.cursor = points.length ? "pointer" : "default";
+            }
+          : undefined,
         scales: {
           x: {
             type: "linear",
@@ -434,6 +511,20 @@
     }
 
     chart.$learning = points;
+    chart.$clock = Boolean(opts.clock);
+    const incidents = [];
+    chart.$incidents = incidents;
+
+    // The score point nearest to a click along x (the series or the peak marker).
+    function pick(event, c) {
+      const found = c.getElementsAtEventForMode(event, "nearest", { axis: "x", intersect: false }, true);
+      const hit = found.find((e) => e.datasetIndex === 0 || (opts.peak && e.datasetIndex === 2));
+      const raw = hit ? c.data.datasets[hit.datasetIndex].data[hit.index] : null;
+      if (!raw || raw.i === undefined) return;
+      c.$picked = raw.x;
+      c.update("none");
+      opts.onPick(raw);
+    }
 
     function add(list) {
       for (const p of list) {
@@ -450,6 +541,24 @@
       replace(list) {
         points.length = 0;
         add(list);
+      },
+      // Incident ranges to shade: replace them all, or add/update one (by id).
+      setIncidents(list) {
+        incidents.length = 0;
+        for (const inc of list || []) if (inc && Number.isInteger(inc.id)) incidents.push(inc);
+        chart.update("none");
+      },
+      upsertIncident(inc) {
+        if (!inc || !Number.isInteger(inc.id)) return;
+        const at = incidents.findIndex((held) => held.id === inc.id);
+        if (at >= 0) incidents[at] = inc;
+        else incidents.push(inc);
+        chart.update("none");
+      },
+      // Mark the point picked from outside (e.g. a link), by its x value.
+      pickX(x) {
+        chart.$picked = x;
+        chart.update("none");
       },
       setThreshold(value) {
         if (!Number.isFinite(value) || value === threshold) return;

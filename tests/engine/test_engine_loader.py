@@ -150,3 +150,29 @@ def test_it_picks_precision_by_device_and_processor():
     assert resolve_precision("fp32", "cuda") == "fp32"
     with pytest.raises(ModelLoadError, match="unknown precision"):
         resolve_precision("int4", "cpu")
+
+
+# The hub's own stderr handler, and what route_hub_logs_through_root does with it, in a fresh
+# interpreter (pytest's own logging set-up would blur "no handlers on the root").
+HUB_HANDLERS = """
+import logging
+from huggingface_hub import hf_hub_download  # as open_clip does: adds the hub's handler
+from detection.engine.weights import route_hub_logs_through_root
+hub = logging.getLogger("huggingface_hub")
+route_hub_logs_through_root()
+bare = len(hub.handlers)
+logging.basicConfig()  # what Django's LOGGING amounts to: handlers on the root
+route_hub_logs_through_root()
+print(bare, len(hub.handlers))
+"""
+
+
+def test_it_lets_hub_warnings_through_the_root_handlers_once_and_keeps_them_in_bare_scripts():
+    done = subprocess.run(
+        [sys.executable, "-c", HUB_HANDLERS], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    # A bare script (the API without logging set up) keeps the hub's handler: its warnings
+    # still show. With handlers on the root, the hub's goes: each warning is printed once.
+    assert done.stdout.split() == ["1", "0"]

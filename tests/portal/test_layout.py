@@ -93,3 +93,26 @@ def test_it_notices_a_forbidden_import(tmp_path, needle):
         "cameras/sub/probe.py",
         "cameras/sub/relative.py",
     ]
+
+
+def test_it_serves_pages_without_loading_torch_or_pyav():
+    """The web process imports every view and the ASGI application, never the model stack:
+    torch alone adds ~1.3 s and hundreds of MB to each daphne (the worker loads it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'portal.settings')\n"
+        "import django\n"
+        "django.setup()\n"
+        "import portal.asgi, portal.urls, detection.urls, detection.signals\n"
+        "from django.urls import get_resolver\n"
+        "get_resolver().url_patterns\n"
+        "print(sorted(m for m in ('torch', 'av', 'open_clip') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

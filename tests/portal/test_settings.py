@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from portal import env
 from portal import settings as settings_module
 from tests.support import ROOT
+from tests.support.model import cache_default_weights
 from tests.support.processes import SETTINGS_PREFIXES
 from tests.support.services import NO_POSTGRES_URL, NO_REDIS_URL, POSTGRES_URL, REDIS_URL
 
@@ -302,8 +303,11 @@ def _production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_it_passes_the_deploy_checks_with_production_settings(tmp_path):
+    # A deployed box has its weights (this one may have no internet: detection.W004).
+    cache_default_weights(tmp_path / "hub")
     result = _run(
-        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"], _production_env(tmp_path)
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        _production_env(tmp_path, HF_HUB_CACHE=str(tmp_path / "hub")),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

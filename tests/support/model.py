@@ -55,3 +55,16 @@ def write_tiny_model(folder: Path) -> TinyModel:
     checkpoint = folder / "tiny-clip.pt"
     torch.save(model.state_dict(), checkpoint)
     return TinyModel(config, checkpoint)
+
+
+def cache_default_weights(folder: Path) -> Path:
+    """A stand-in for the default weights in a Hugging Face cache at `folder` (the hub's
+    models--org--repo/refs/main + snapshots/<commit>/ layout), so `detection.W004` (weights
+    neither cached nor reachable) stays quiet on a machine without internet."""
+    repo = folder / "models--laion--CLIP-ViT-B-16-laion2B-s34B-b88K"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    path = repo / "snapshots" / ("0" * 40) / "open_clip_pytorch_model.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not read by the check")
+    return path

@@ -355,11 +355,17 @@ def test_it_shows_a_finished_file_analysis_with_its_series_metadata_and_exports(
     assert {"i": 3333, "t": 333.3, "s": 0.97} in series["points"]
     frames = [p["i"] for p in series["points"]]
     assert frames == sorted(frames) and frames[0] == 0
-    metadata = {th.text: th.parent.one("td").text for th in page.find_all("th", scope="row")}
+    # Human labels, the stored key as the row's title, collapsed until opened.
+    rows = page.find_all("th", scope="row")
+    metadata = {th["title"]: th.parent.one("td").text for th in rows}
+    labels = {th["title"]: th.text for th in rows}
     for key in ("total_frames", "max_anomaly_score", "is_anomaly_detected", "warnings"):
         assert key in metadata
+    assert labels["total_frames"] == "Frames decoded"
+    assert labels["max_anomaly_score"] == "Peak score"
     assert metadata["std_score"] == "0.123457"
-    assert "[&quot;header fps 0&quot;]" in content
+    assert metadata["warnings"] == "header fps 0"
+    assert page.one("details", class_="metadata").get("open") is None
     assert "Download chart as PNG" in content
     assert f'href="{reverse("detection:scores_csv", args=[analysis.pk])}"' in content
     assert f'href="{reverse("detection:scores_json", args=[analysis.pk])}"' in content

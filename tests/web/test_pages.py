@@ -35,8 +35,8 @@ def links(element: Element) -> list[tuple[str, str]]:
 
 
 def metadata(page: Element) -> dict[str, str]:
-    """The metadata table: `<tr><th scope="row">key</th><td>value</td></tr>`."""
-    return {th.text: th.parent.one("td").text for th in page.find_all("th", scope="row")}
+    """The metadata table by stored key: `<tr><th scope="row" title="key">Label</th><td>value`."""
+    return {th["title"]: th.parent.one("td").text for th in page.find_all("th", scope="row")}
 
 
 # --- Dashboard ------------------------------------------------------------------------------
@@ -99,9 +99,10 @@ def test_it_shows_each_camera_with_its_status_and_analyses(logged_in, viewer):
     assert "% done" not in north.text  # progress is for files only
 
     clip = _card(content, upload)
-    assert ("badge status-online", "Online") in badges(clip)
-    assert "stale error" not in clip.text  # errors only while failing or reconnecting
-    assert "last frame never" in clip.text
+    # A file's state comes from its analyses (one queued), never its stored "online".
+    assert badges(clip)[0] == ("badge status-queued", "Queued")
+    assert "stale error" not in clip.text  # errors only while the camera is not online
+    assert "last frame" not in clip.text  # a file has no live frames
     assert (calm.get_absolute_url(), "Clip check") in links(clip)
     assert ("badge status-completed", "Completed") in badges(clip)
     assert "25% done" in clip.text

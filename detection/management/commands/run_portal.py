@@ -24,6 +24,9 @@ STOP_TIMEOUT_S = 15
 
 class Command(BaseCommand):
     help = "Serve the portal and run one detection worker; Ctrl-C stops both."
+    # The web server child says the system checks: daphne's runserver runs them whatever
+    # --skip-checks says, so checking here too printed every warning twice.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000")
@@ -31,9 +34,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
-        # This command ran the system checks already: the children say them again only once
-        # each, not once per process.
-        commands = [[*manage, "runserver", options["addrport"], "--skip-checks"]]
+        # The server says the system checks once (daphne's runserver ignores --skip-checks);
+        # the worker skips them.
+        commands = [[*manage, "runserver", options["addrport"]]]
         if not options["no_worker"]:
             commands.append([*manage, "run_detector", "--skip-checks"])
         children = [subprocess.Popen(c, start_new_session=True) for c in commands]
