@@ -517,7 +517,7 @@ class Worker:
             self._set_phase(claimed, "loading model")
             try:
                 self._load_model_holding(claimed)
-            except EngineError as exc:
+            except (EngineError, ValueError) as exc:  # what `_start` catches, as before
                 error = str(exc)  # every claimed analysis fails with it: one load, not one each
             finally:
                 self._set_phase(claimed, "")

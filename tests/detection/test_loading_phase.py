@@ -128,7 +128,7 @@ class Output:
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_a_real_worker_shows_loading_model_until_the_download_fails(
+def test_it_shows_loading_model_in_a_real_worker_until_the_download_fails(
     media, make_video, subprocess_env, slow_hub, tmp_path
 ):
     analysis = file_analysis(make_video("a.avi"))
@@ -182,7 +182,7 @@ def test_a_real_worker_shows_loading_model_until_the_download_fails(
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_a_real_worker_prints_each_hub_retry_warning_once(
+def test_it_prints_each_hub_retry_warning_of_a_real_worker_once(
     media, make_video, subprocess_env, tmp_path
 ):
     file_analysis(make_video("a.avi"))

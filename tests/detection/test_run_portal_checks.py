@@ -15,7 +15,7 @@ from tests.support.streams import free_port, wait_for_port
 
 
 @pytest.mark.slow
-def test_run_portal_says_each_check_message_once(tmp_path):
+def test_it_says_each_check_message_once_under_run_portal(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
     env.update(
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",

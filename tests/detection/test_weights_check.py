@@ -195,7 +195,7 @@ def test_it_counts_hf_hub_offline_as_unreachable_without_trying(hub, monkeypatch
 
 
 @override_settings(**TAG, DETECTION_CACHE_DIR=None)
-def test_offline_with_cached_weights_is_fine(hub, hub_env, monkeypatch):
+def test_it_accepts_cached_weights_offline(hub, hub_env, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache_file(hub_env, REPO, "open_clip_pytorch_model.bin")
 
@@ -220,7 +220,7 @@ def test_it_leaves_wrong_names_to_the_name_checks(hub):
 @override_settings(
     DETECTION_MODEL=f"hf-hub:{REPO}", DETECTION_PRETRAINED="any", DETECTION_CACHE_DIR=None
 )
-def test_an_hf_hub_model_needs_its_config_and_its_weights_cached(monkeypatch, hub_env):
+def test_it_needs_the_config_and_the_weights_of_an_hf_hub_model_cached(monkeypatch, hub_env):
     closed = Hub(listening=False)
     monkeypatch.setenv("HF_ENDPOINT", closed.endpoint)
     cache_file(hub_env, REPO, "open_clip_config.json")
@@ -232,7 +232,7 @@ def test_an_hf_hub_model_needs_its_config_and_its_weights_cached(monkeypatch, hu
 
 
 @pytest.mark.slow
-def test_manage_check_says_it_once_with_the_way_out(tmp_path):
+def test_it_says_the_warning_once_with_the_way_out_in_manage_check(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
     env.update(
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",

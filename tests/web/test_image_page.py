@@ -390,7 +390,7 @@ return {
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_a_browser_shows_scoring_keeps_the_image_and_rescores_it_with_new_prompts(
+def test_it_shows_scoring_keeps_the_image_and_rescores_it_with_new_prompts_in_a_browser(
     tmp_path, subprocess_env, viewer
 ):
     from tests.support.processes import start_daphne, stop
