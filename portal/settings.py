@@ -190,6 +190,10 @@ if CHANNELS_LAYER == "auto":
 # In both layers every socket of one server process shares one queue ("specific.*"), so
 # the capacity must hold a burst to every viewer: one score to 200 viewers is 200 messages.
 CHANNELS_CAPACITY = get_int("CHANNELS_CAPACITY", 20_000, min=1)
+# How long a Redis read may take before the layer counts as failed (sockets then close
+# with 4503 and pages reconnect). Above channels_redis's 5 s blocking pop, or idle sockets
+# would fail.
+REDIS_SOCKET_TIMEOUT = get_int("REDIS_SOCKET_TIMEOUT", 10, min=6)
 if CHANNELS_LAYER == "redis":
     if not REDIS_URL:
         raise ImproperlyConfigured("CHANNELS_LAYER=redis needs REDIS_URL")
@@ -198,10 +202,13 @@ if CHANNELS_LAYER == "redis":
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 # redis-py waits forever by default: a hung Redis would hang the worker's
-                # publishing and leave sockets on a dead subscription. The read timeout
-                # must exceed channels_redis's 5 s blocking pop, or idle sockets would fail.
+                # publishing and leave sockets on a dead subscription.
                 "hosts": [
-                    {"address": REDIS_URL, "socket_connect_timeout": 2, "socket_timeout": 10}
+                    {
+                        "address": REDIS_URL,
+                        "socket_connect_timeout": 2,
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                    }
                 ],
                 "capacity": CHANNELS_CAPACITY,
                 "expiry": 10,

@@ -194,6 +194,11 @@ def test_it_uses_redis_for_channels_when_redis_url_is_set(tmp_path):
     }
 
 
+def test_it_takes_the_redis_read_timeout_from_the_environment(tmp_path):
+    values = _settings(tmp_path, REDIS_URL="redis://127.0.0.1:6379/3", REDIS_SOCKET_TIMEOUT="30")
+    assert values["LAYER"]["CONFIG"]["hosts"][0]["socket_timeout"] == 30
+
+
 @pytest.mark.parametrize("redis_url", ["", "redis://127.0.0.1:6379/3"])
 def test_it_sizes_the_layer_from_channels_capacity(tmp_path, redis_url):
     values = _settings(tmp_path, REDIS_URL=redis_url, CHANNELS_CAPACITY="50")
