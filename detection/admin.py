@@ -37,11 +37,19 @@ from .actions import count as _count
 from .engine.errors import MediaError
 from .engine.limits import split_prompts
 from .engine.prompt_help import sound_warnings
-from .models import Analysis, Exemplar, FrameScore, Incident
+from .models import (
+    Analysis,
+    Exemplar,
+    FrameScore,
+    Incident,
+    IncidentSubscription,
+    WebhookDelivery,
+)
 from .web import upload_handlers
 from .web.exemplars import check_clip, clip_field, clip_jpegs, file_label, image_file_to_jpeg
 from .web.forms import _size_error, learning_error
 from .web.views import threshold_text
+from .worker import webhooks
 
 Status = Analysis.Status
 
@@ -182,10 +190,16 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     search_fields = ("name", "camera__name", "normal_prompts", "anomaly_prompts")
     list_select_related = ("camera",)
     autocomplete_fields = ("camera",)
-    actions = ("queue", "stop", "rerun")
+    actions = ("queue", "stop", "rerun", "regenerate_webhook_secret")
     # The status and summary groups are filled by the worker and the actions, not by hand;
     # a new analysis starts or stays a draft through "Start now" (AnalysisAddForm).
-    readonly_fields = ("live_link", "threshold_in_use_text", *STATUS_FIELDS, *SUMMARY_FIELDS)
+    readonly_fields = (
+        "live_link",
+        "threshold_in_use_text",
+        "webhook_secret_hint",
+        *STATUS_FIELDS,
+        *SUMMARY_FIELDS,
+    )
     fieldsets = (
         (None, {"fields": ("camera", "name", "live_link")}),
         (
@@ -219,15 +233,26 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         ),
         (
             "Options",
-            {"fields": ("localize", "skip_black_frames", "motion_gating", "rescore_interval_s")},
+            {
+                "fields": (
+                    "localize",
+                    "skip_black_frames",
+                    "motion_gating",
+                    "rescore_interval_s",
+                    "retention_days",
+                )
+            },
         ),
         (
             "Webhook",
             {
-                "fields": ("webhook_url",),
+                "fields": ("webhook_url", "webhook_secret_hint"),
                 "description": "A JSON POST to this URL when an incident opens or closes. "
                 "Public addresses only, unless DETECTION_WEBHOOK_ALLOWED_NETWORKS opens "
-                "internal ones; redirects are not followed.",
+                "internal ones; redirects are not followed. Each POST is signed with the "
+                "analysis's secret (X-Clipwatch-Signature; docs/deployment.md, "
+                "'Webhooks'); it is shown once when generated: the list's 'Regenerate "
+                "webhook secret' action makes a new one.",
             },
         ),
         (
@@ -271,7 +296,14 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     def save_model(self, request: HttpRequest, obj: Analysis, form: Any, change: bool) -> None:
         if not change:
             obj.created_by = request.user
+        new_secret = bool(obj.webhook_url and not obj.webhook_secret)
+        if new_secret:  # the first URL: a secret to sign with, shown only now
+            obj.webhook_secret = webhooks.new_secret()
         super().save_model(request, obj, form, change)
+        if new_secret:
+            if change:  # ChangedFieldsOnly writes only the form's fields
+                obj.save(update_fields=["webhook_secret"])
+            self._show_secret(request, obj)
         # Saved all the same: prompts that describe sound are advice, not an error.
         for warning in sound_warnings(obj.prompt_list("normal"), obj.prompt_list("anomaly")):
             self.message_user(request, warning, messages.WARNING)
@@ -312,6 +344,25 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
         return super().render_change_form(request, context, *args, **kwargs)
 
     # --- columns ---------------------------------------------------------------------
+
+    @admin.display(description="Signing secret")
+    def webhook_secret_hint(self, obj: Analysis) -> str:
+        # Never the secret itself: it is shown once, in the message after it is made.
+        if not obj.webhook_secret:
+            return "none yet (made when a webhook URL is saved)"
+        return f"set, ending in …{obj.webhook_secret[-4:]}"
+
+    def _show_secret(self, request: HttpRequest, obj: Analysis) -> None:
+        self.message_user(
+            request,
+            format_html(
+                "Webhook signing secret of “{}”: <code>{}</code> — copy it to the receiver "
+                "now; it is not shown again.",
+                obj.name,
+                obj.webhook_secret,
+            ),
+            messages.WARNING,
+        )
 
     @admin.display(description="Threshold in use")
     def threshold_in_use_text(self, obj: Analysis) -> str:
@@ -354,6 +405,17 @@ class AnalysisAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
                 f"Skipped {_count(skipped)} already queued or running.",
                 messages.WARNING,
             )
+
+    @admin.action(description="Regenerate webhook secret", permissions=["change"])
+    def regenerate_webhook_secret(self, request: HttpRequest, queryset: QuerySet[Analysis]) -> None:
+        # The old secret stops working at once: receivers need the new one (shown once).
+        for analysis in queryset.exclude(webhook_url="").order_by("pk"):
+            analysis.webhook_secret = webhooks.new_secret()
+            analysis.save(update_fields=["webhook_secret"])
+            self.log_change(request, analysis, "Regenerated the webhook signing secret.")
+            self._show_secret(request, analysis)
+        if not queryset.exclude(webhook_url="").exists():
+            self.message_user(request, "None of them has a webhook URL.", messages.WARNING)
 
     @admin.action(description="Stop selected analyses", permissions=["change"])
     def stop(self, request: HttpRequest, queryset: QuerySet[Analysis]) -> None:
@@ -805,3 +867,64 @@ class ExemplarAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     @admin.display(description="Image")
     def preview_small(self, obj: Exemplar) -> str:
         return self._image(obj, 96)
+
+
+# --- Notifications (issue 15) ---------------------------------------------------------
+
+
+@admin.register(IncidentSubscription)
+class IncidentSubscriptionAdmin(ScopedToVisibleCameras):
+    """Who gets e-mail about which camera. A subscription to a camera its user may not see
+    sends nothing (detection.worker.notifications checks access when mailing)."""
+
+    camera_path = "camera"
+    list_display = ("user", "camera", "email", "created_at")
+    list_filter = ("email", "camera")
+    search_fields = ("user__username", "user__email", "camera__name")
+    autocomplete_fields = ("user", "camera")
+    list_select_related = ("user", "camera")
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ScopedToVisibleCameras):
+    """The webhook log, read-only: the worker writes it and retries from it."""
+
+    camera_path = "analysis__camera"
+    list_display = (
+        "created_at",
+        "analysis",
+        "event",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "delivered_at",
+    )
+    list_filter = ("status", "event")
+    search_fields = ("analysis__name",)
+    list_select_related = ("analysis", "analysis__camera")
+    date_hierarchy = "created_at"
+    fields = (
+        "analysis",
+        "incident",
+        "event",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "next_attempt_at",
+        "delivered_at",
+        "created_at",
+        "payload_pretty",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="Payload")
+    def payload_pretty(self, obj: WebhookDelivery) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2, sort_keys=True))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

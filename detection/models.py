@@ -110,10 +110,26 @@ class Analysis(models.Model):
         validators=[validators.webhook_url],
         help_text="Optional: POST a JSON event here when an incident opens or closes.",
     )
+    # Notifications (issue 15): the key webhooks are signed with (generated when a URL is
+    # set, shown once in the admin; detection.worker.webhooks), and the per-analysis e-mail
+    # rate limit: when the last mail went out, and how many openings were held back since
+    # (detection.worker.notifications). Not on forms: only the admin and the worker set them.
+    webhook_secret = models.CharField(max_length=100, blank=True, editable=False)
+    email_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    email_held = models.PositiveIntegerField(default=0, editable=False)
     rescore_interval_s = models.FloatField(
         default=3.0,
         validators=[MinValueValidator(0.1), MaxValueValidator(3600)],
         help_text="With motion gating, score at least this often (seconds) anyway.",
+    )
+    # Retention (detection/retention.py): raw scores older than this many days are rolled up
+    # into per-minute ScoreRollup rows; None follows DETECTION_RETENTION_DAYS, 0 keeps them.
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(36_500)],
+        help_text="Keep every raw score this many days, then keep per-minute summaries "
+        "only. Empty: the site's default (DETECTION_RETENTION_DAYS); 0: keep forever.",
     )
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
@@ -230,6 +246,66 @@ class FrameScore(models.Model):
         if self.box_x0 is None:
             return None
         return (self.box_x0, self.box_y0, self.box_x1, self.box_y1)
+
+
+class ScoreRollup(models.Model):
+    """One minute of raw scores that retention folded away (detection/retention.py).
+
+    `minute` is floor(time_s / 60) of the analysis, so a chart or an export places it on the
+    same axis as the raw scores. Sums and counts (not means) are stored so a minute pruned in
+    two runs merges exactly; the raw rows go in the same transaction as the rollup is
+    written, so a run that dies half way loses nothing and counts nothing twice.
+    """
+
+    analysis = models.ForeignKey(Analysis, on_delete=models.CASCADE, related_name="rollups")
+    minute = models.BigIntegerField()
+    first_frame_index = models.BigIntegerField()
+    last_frame_index = models.BigIntegerField()
+    start_time_s = models.FloatField()
+    end_time_s = models.FloatField()
+    first_captured_at = models.DateTimeField(null=True, blank=True)
+    last_captured_at = models.DateTimeField(null=True, blank=True)
+    count = models.PositiveIntegerField()
+    min_score = models.FloatField()
+    max_score = models.FloatField()
+    sum_score = models.FloatField()
+    # Judged frames at or above `threshold` (the threshold in use when rolled up); frames
+    # learned as normal are never judged and never count as above.
+    above = models.PositiveIntegerField()
+    learning = models.PositiveIntegerField(default=0)
+    threshold = models.FloatField()
+    # What rollup retention (DETECTION_ROLLUP_RETENTION_DAYS) ages: the last frame's wall
+    # time, or for a video file the time its analysis finished.
+    recorded_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["analysis", "minute"]
+        constraints = [
+            models.UniqueConstraint(fields=["analysis", "minute"], name="scorerollup_unique_minute")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.analysis_id} minute {self.minute}: {self.count} scores"
+
+    @property
+    def mean_score(self) -> float:
+        return self.sum_score / self.count if self.count else 0.0
+
+
+class MaintenanceLease(models.Model):
+    """Who runs a maintenance task now (one row per task, e.g. "prune"), so that only one
+    process of the whole deployment runs it at a time: taken by a conditional UPDATE, kept
+    by renewing `expires_at`, lapsing when its holder dies."""
+
+    name = models.CharField(max_length=40, primary_key=True)
+    owner = models.CharField(max_length=200, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_finished_at = models.DateTimeField(null=True, blank=True)
+    last_result = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.owner or 'free'})"
 
 
 class Incident(models.Model):
@@ -380,3 +456,91 @@ class LearnedMemory(models.Model):
 
     def __str__(self) -> str:
         return f"Memory of analysis {self.analysis_id} ({self.frames} frames)"
+
+
+class WorkerHeartbeat(models.Model):
+    """One row per running worker, written every few seconds (detection/health.py).
+
+    /healthz and /metrics read it: a worker whose row is older than
+    HEALTH_WORKER_STALE_SECONDS is dead or stuck. A worker that stops cleanly deletes its
+    row; a crashed one's row stays, ages, and is swept a day later by any worker.
+    """
+
+    owner = models.CharField(max_length=200, unique=True)  # the lease owner: host:pid:random
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-seen_at"]
+
+    def __str__(self) -> str:
+        return f"worker {self.owner}"
+
+
+class IncidentSubscription(models.Model):
+    """A user's opt-in to e-mail when an incident opens on a camera.
+
+    Opting in is not access: a mail goes only to subscribers who may see the camera at the
+    time the incident opens (cameras.access), so losing access stops the mail too.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="incident_subscriptions"
+    )
+    camera = models.ForeignKey(Camera, on_delete=models.CASCADE, related_name="subscriptions")
+    email = models.BooleanField(default=True, help_text="E-mail when an incident opens.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "camera"], name="subscription_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.camera}"
+
+
+class WebhookDelivery(models.Model):
+    """One webhook event and its delivery attempts: the log the worker retries from.
+
+    A row is written when the event happens and updated after each attempt, so a worker
+    that restarts picks up what was still due (detection.worker.webhooks). `last_error`
+    names the URL only redacted (netpolicy.redact) and never holds the secret.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    analysis = models.ForeignKey(
+        Analysis, on_delete=models.CASCADE, related_name="webhook_deliveries"
+    )
+    incident = models.ForeignKey(
+        Incident,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="webhook_deliveries",
+    )
+    event = models.CharField(max_length=40)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    # When the next attempt is due (pushed ahead while an attempt is under way); None once
+    # delivered or given up.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="webhook_due")]
+
+    def __str__(self) -> str:
+        return f"{self.event} of analysis {self.analysis_id} ({self.get_status_display()})"

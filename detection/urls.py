@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from django.urls import path
 
-from .web import assistant, dashboard, exemplars, exports, frames, incidents, uploads, views
+from .web import (
+    assistant,
+    dashboard,
+    exemplars,
+    exports,
+    frames,
+    incidents,
+    notifications,
+    uploads,
+    views,
+)
 
 app_name = "detection"
 
@@ -29,6 +39,11 @@ urlpatterns = [
     path("incidents/<int:pk>/confirm/", views.confirm, name="confirm"),
     path("exemplars/<int:pk>/image.jpg", exemplars.exemplar_image, name="exemplar_image"),
     path("exemplars/<int:pk>/delete/", exemplars.exemplar_delete, name="exemplar_delete"),
+    path(
+        "cameras/<int:pk>/email/",
+        notifications.email_subscription,
+        name="email_subscription",
+    ),
     path("upload/", uploads.upload_video, name="upload"),
     path("image/", uploads.analyze_image_page, name="image"),
     path("prompts/suggest/", assistant.suggest, name="suggest_prompts"),

@@ -332,6 +332,16 @@ DETECTION_NORMALITY_VIEWS = get_str(
 # A worker's claim on an analysis lapses this long after its last heartbeat; another
 # worker then resumes the analysis from its last stored frame.
 DETECTION_LEASE_SECONDS = get_int("DETECTION_LEASE_SECONDS", 30, min=5)
+# Retention (detection/retention.py, `manage.py prune`); 0 = keep forever. Raw scores older
+# than DETECTION_RETENTION_DAYS (or an analysis's own retention_days) become per-minute
+# rollups, kept DETECTION_ROLLUP_RETENTION_DAYS; closed incidents (and their thumbnails,
+# frames and clips) are kept DETECTION_INCIDENT_RETENTION_DAYS. Workers prune every
+# DETECTION_PRUNE_INTERVAL_MINUTES (0 = never: run `manage.py prune` from cron instead),
+# one worker of the deployment at a time.
+DETECTION_RETENTION_DAYS = get_int("DETECTION_RETENTION_DAYS", 30, min=0)
+DETECTION_ROLLUP_RETENTION_DAYS = get_int("DETECTION_ROLLUP_RETENTION_DAYS", 730, min=0)
+DETECTION_INCIDENT_RETENTION_DAYS = get_int("DETECTION_INCIDENT_RETENTION_DAYS", 365, min=0)
+DETECTION_PRUNE_INTERVAL_MINUTES = get_int("DETECTION_PRUNE_INTERVAL_MINUTES", 60, min=0)
 # Largest video /upload/ accepts, in MiB; bigger uploads are refused while they stream in.
 DETECTION_MAX_UPLOAD_MB = get_int("DETECTION_MAX_UPLOAD_MB", 2048, min=1)
 # None = the model's own learned logit_scale; the prototype used a fixed 100.
@@ -351,6 +361,55 @@ PROMPT_ASSISTANT_URL = get_optional_str("PROMPT_ASSISTANT_URL")
 PROMPT_ASSISTANT_MODEL = get_str("PROMPT_ASSISTANT_MODEL", "")
 PROMPT_ASSISTANT_API_KEY = get_optional_str("PROMPT_ASSISTANT_API_KEY")
 PROMPT_ASSISTANT_TIMEOUT = get_float("PROMPT_ASSISTANT_TIMEOUT", 10.0, gt=0)
+
+# --- Notifications (detection/worker/notifications.py, webhooks.py) ---------------------
+
+# E-mail through Django's SMTP backend; the worker sends it, so workers need these.
+# EMAIL_TIMEOUT bounds each SMTP operation (mail goes out on a background thread, never in
+# the scoring path, but a hung server must not hold mail for ever).
+EMAIL_HOST = get_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = get_int("EMAIL_PORT", 25, min=1)
+EMAIL_HOST_USER = get_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = get_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = get_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = get_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = get_float("EMAIL_TIMEOUT", 10.0, gt=0)
+DEFAULT_FROM_EMAIL = get_str("DEFAULT_FROM_EMAIL", "clipwatch@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL exclude each other: set one.")
+# The portal's address as its users reach it (https://watch.example.com): links in e-mail
+# are absolute only with it.
+DETECTION_PUBLIC_URL = get_str(
+    "DETECTION_PUBLIC_URL",
+    "",
+    pattern=r"https?://[^\s/]+(/[^\s]*)?",
+    expected="an http(s) URL such as https://watch.example.com",
+)
+# At most one incident mail per analysis this often; openings in between are counted in
+# the next mail.
+DETECTION_EMAIL_INTERVAL_MINUTES = get_float("DETECTION_EMAIL_INTERVAL_MINUTES", 10.0, gt=0)
+# Webhook deliveries: attempts per event, and the wait after the first failure (doubling
+# after each further one: 5 attempts, 60 s = retries over 15 minutes).
+DETECTION_WEBHOOK_ATTEMPTS = get_int("DETECTION_WEBHOOK_ATTEMPTS", 5, min=1)
+DETECTION_WEBHOOK_RETRY_SECONDS = get_float("DETECTION_WEBHOOK_RETRY_SECONDS", 60.0, gt=0)
+
+# --- Health and metrics (detection/health.py, detection/metrics.py) ---------------------
+
+# /healthz fails when no worker has written its heartbeat row for this long (workers write
+# it every 5 s; a first model download does not stop them).
+HEALTH_WORKER_STALE_SECONDS = get_int("HEALTH_WORKER_STALE_SECONDS", 60, min=10)
+# Who may scrape /metrics and the workers' metrics ports: a client presenting
+# `Authorization: Bearer <METRICS_TOKEN>`, or one from METRICS_ALLOWED_NETWORKS (loopback
+# while debugging). Neither set: metrics are off (404).
+METRICS_TOKEN = get_optional_str("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = get_networks(
+    "METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"] if DEBUG else []
+)
+# A worker serves its own metrics on this port (0: not at all), or the next free one up to
+# 15 above it when several workers share a machine, on this address.
+DETECTION_METRICS_PORT = get_int("DETECTION_METRICS_PORT", 0, min=0)
+DETECTION_METRICS_ADDRESS = get_str("DETECTION_METRICS_ADDRESS", "127.0.0.1")
 
 # --- Logging --------------------------------------------------------------------------
 
@@ -393,6 +452,9 @@ if not DEBUG:
     # The portal normally sits behind a TLS-terminating proxy that sets this header;
     # without it Django would see plain http and redirect forever.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Probes and scrapers on the web machine ask daphne itself over plain http (loopback);
+    # a redirect to https would fail their check. Neither page sets a cookie.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
     SECURE_HSTS_SECONDS = get_int("DJANGO_HSTS_SECONDS", 31_536_000, min=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = get_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
     # The header alone does not enrol the domain; submitting it to hstspreload.org does.

@@ -61,6 +61,7 @@ from detection.live.messages import (
     status_message,
 )
 from detection.live.publisher import group_name
+from detection.metrics import SOCKET_RESYNCS
 from detection.models import Analysis, FrameScore
 
 log = logging.getLogger(__name__)
@@ -405,6 +406,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         after = resync_after(content)
         if after is None:
             return
+        SOCKET_RESYNCS.inc()
         # One resync in flight per socket. Requests that arrive while one is answered
         # collapse into one follow-up from the smallest `after` among them. Dropping those
         # the reply in flight seems to cover would be wrong: it was read before they came,

@@ -24,6 +24,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from detection.metrics import PUBLISH_DROPPED
+
 log = logging.getLogger(__name__)
 
 
@@ -116,6 +118,7 @@ class ChannelPublisher:
         now = time.monotonic()
         if now < self._paused_until:
             self._dropped += 1
+            PUBLISH_DROPPED.inc()
             return
         try:
             layer = get_channel_layer()
@@ -147,6 +150,7 @@ class ChannelPublisher:
             self._down_since = now
         self._failures += 1
         self._dropped += 1
+        PUBLISH_DROPPED.inc()
         pause = min(self.MAX_RETRY_AFTER, self.RETRY_AFTER * 2 ** (self._failures - 1))
         self._paused_until = now + pause
         if now - self._last_error_log > self.LOG_EVERY:

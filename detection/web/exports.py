@@ -3,6 +3,10 @@
 A day of live scores is ~86,400 rows per analysis at 1 fps, so nothing here builds the whole
 export in memory: rows come from the database in chunks (`.iterator()`) as plain tuples
 (`values_list`, no model instances) and leave as the response is written.
+
+Scores older than the retention (detection/retention.py) survive only as per-minute
+rollups: scores.json carries them in its `rollups` list (before `scores`, which holds the
+raw scores still stored); scores.csv?rollups=1 is the same list as a CSV of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 
 from detection.access import visible_analyses
-from detection.models import Analysis, FrameScore
+from detection.models import Analysis, FrameScore, ScoreRollup
 
 # Rows fetched from the database per round trip.
 CHUNK_SIZE = 2000
@@ -29,6 +33,25 @@ CHUNK_SIZE = 2000
 ROWS_PER_PIECE = 500
 
 COLUMNS = (*FrameScore.SCORE_FIELDS, "label", *FrameScore.BOX_FIELDS)
+# One rolled-up minute: `minute` = floor(time_s / 60); `above` = judged frames at or above
+# `threshold` (the one in use when it was rolled up); `learning` = frames learned as normal.
+ROLLUP_COLUMNS = (
+    "minute",
+    "first_frame_index",
+    "last_frame_index",
+    "start_time_s",
+    "end_time_s",
+    "first_captured_at",
+    "last_captured_at",
+    "count",
+    "min_score",
+    "mean_score",
+    "max_score",
+    "above",
+    "learning",
+    "threshold",
+)
+_ROLLUP_FIELDS = (*(c for c in ROLLUP_COLUMNS if c != "mean_score"), "sum_score")
 # The stored fields, in COLUMNS order, without the computed label.
 _FIELDS = (*FrameScore.SCORE_FIELDS, *FrameScore.BOX_FIELDS)
 
@@ -106,6 +129,23 @@ def _rows(analysis: Analysis) -> Iterator[Row]:
         yield (*fields, label(fields[_SCORE], fields[_LEARNING], threshold), *box)
 
 
+def _rollups(analysis: Analysis) -> Iterator[dict[str, Any]]:
+    """Rolled-up minutes in ROLLUP_COLUMNS order, oldest first."""
+    queryset = (
+        ScoreRollup.objects.filter(analysis=analysis).order_by("minute").values(*_ROLLUP_FIELDS)
+    )
+    if not queryset.exists():  # most analyses: no cursor at all
+        return
+    for row in queryset.iterator(chunk_size=CHUNK_SIZE):
+        total = row.pop("sum_score")
+        row["mean_score"] = total / row["count"] if row["count"] else None
+        row["first_captured_at"] = _iso(row["first_captured_at"])
+        row["last_captured_at"] = _iso(row["last_captured_at"])
+        for key in ("min_score", "mean_score", "max_score", "threshold"):
+            row[key] = _number(row[key])
+        yield {key: row[key] for key in ROLLUP_COLUMNS}
+
+
 def _pieces(lines: Iterator[str]) -> Iterator[str]:
     """Lines joined ROWS_PER_PIECE at a time; closing this closes `lines` (and its cursor)."""
     try:
@@ -154,6 +194,13 @@ def _csv_lines(analysis: Analysis) -> Iterator[str]:
         yield writer.writerow((*row[:2], _iso(captured_at) or "", *row[3:]))
 
 
+def _rollup_csv_lines(analysis: Analysis) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(ROLLUP_COLUMNS)
+    for row in _rollups(analysis):
+        yield writer.writerow(["" if v is None else v for v in row.values()])
+
+
 def _json_lines(analysis: Analysis) -> Iterator[str]:
     header = {
         "id": analysis.pk,
@@ -169,7 +216,12 @@ def _json_lines(analysis: Analysis) -> Iterator[str]:
         "normal_prompts": analysis.prompt_list("normal"),
         "anomaly_prompts": analysis.prompt_list("anomaly"),
     }
-    yield '{"analysis": ' + json.dumps(header) + ', "scores": ['
+    yield '{"analysis": ' + json.dumps(header) + ', "rollups": ['
+    separator = "\n"
+    for rollup in _rollups(analysis):
+        yield separator + json.dumps(rollup, allow_nan=False)
+        separator = ",\n"
+    yield '\n], "scores": ['
     separator = "\n"
     for row in _rows(analysis):
         item = dict(zip(COLUMNS, row, strict=True))
@@ -184,6 +236,13 @@ def _json_lines(analysis: Analysis) -> Iterator[str]:
 @login_required
 def scores_csv(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     analysis = _visible_analysis(request, pk)
+    if request.GET.get("rollups") == "1":
+        return _stream(
+            request,
+            _rollup_csv_lines(analysis),
+            "text/csv; charset=utf-8",
+            f"analysis-{analysis.pk}-rollups.csv",
+        )
     return _stream(
         request,
         _csv_lines(analysis),

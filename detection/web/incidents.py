@@ -53,6 +53,8 @@ class IncidentFilter(forms.Form):
     until = forms.DateField(
         required=False, label="To", widget=forms.DateInput(attrs={"type": "date"})
     )
+    # One incident (the link in an incident e-mail); still only among those visible.
+    incident = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, cameras: QuerySet[Camera], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -80,6 +82,8 @@ class IncidentFilter(forms.Form):
             incidents = incidents.filter(started_at__date__gte=data["since"])
         if data.get("until"):
             incidents = incidents.filter(started_at__date__lte=data["until"])
+        if data.get("incident"):
+            incidents = incidents.filter(pk=data["incident"])
         return incidents
 
 

@@ -41,7 +41,7 @@ from django.db import (
 from django.utils import timezone
 
 from cameras.models import Camera
-from detection import conf
+from detection import conf, health, metrics
 from detection.engine import EngineError, LoadedModel, Scorer, VideoReader, load_model, sources
 from detection.engine.detector import AUTO, Detector, Inputs
 from detection.engine.features import encode_fitted
@@ -54,7 +54,8 @@ from detection.engine.video import is_black, samples_through
 from detection.live import messages
 from detection.live.publisher import ChannelPublisher, Publisher
 from detection.models import Analysis, FrameScore
-from detection.worker import clips, leases, memory, preview
+from detection.worker import clips, leases, memory, preview, webhooks
+from detection.worker.pruning import PeriodicPrune
 from detection.worker.recording import LeaseLost, Recorder, ScoredItem
 
 # (kind, source, **options) -> a live source, not yet started: `sources.open_source`'s shape.
@@ -174,6 +175,9 @@ class Worker:
         self._signals = 0
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
+        # This worker's row for /healthz and /metrics (detection/health.py).
+        self.started_at = timezone.now()
+        self._next_beat = 0.0
         self._model: LoadedModel | None = None
         self._db_down_since: float | None = None
         self._db_attempts = 0
@@ -181,6 +185,8 @@ class Worker:
         self.pictures = preview.LivePictures()
         # Incident clips: live pre-roll rings, file clips in a background thread (item 6).
         self.clips = clips.ClipMaker()
+        # Retention (issue 15): a prune in its own thread, one worker at a time; not in --once.
+        self.pruning = PeriodicPrune(self.owner, interval_s=0 if once else None)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -198,6 +204,8 @@ class Worker:
 
     def run(self) -> None:
         log.info("worker %s started (%s)", self.owner, "once" if self.once else "service")
+        metrics.count_incidents()
+        self._metrics_server = metrics.serve_worker_metrics()
         while not self.stopping:
             try:
                 did = self.tick()
@@ -222,6 +230,9 @@ class Worker:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + leases.lease_seconds() / 3
             self.heartbeat_step()
+        if now >= self._next_beat:
+            self._next_beat = now + health.HEARTBEAT_SECONDS
+            health.beat(self.owner, self.started_at)
         pending = self.gather_step()
         if pending:
             self.score_step(pending)
@@ -230,6 +241,8 @@ class Worker:
         self.camera_status_step()
         self.pictures.step(self.jobs)
         self.clips.step(self.jobs)
+        self.pruning.step()
+        webhooks.step()  # record finished attempts, start retries that are due (issue 15)
         return did
 
     def shutdown(self) -> None:
@@ -238,6 +251,7 @@ class Worker:
             self.store_step()
             for job in list(self.jobs.values()):
                 self._drop(job, Status.QUEUED)
+            health.forget(self.owner)
         except TRANSIENT_DB_ERRORS as exc:
             # Nothing more to wait for: the leases lapse and another worker resumes after
             # the last stored frame.
@@ -252,6 +266,11 @@ class Worker:
             for job in list(self.jobs.values()):
                 self.jobs.pop(job.pk).close()
         self.clips.shutdown()  # live clips end here; file clips under way are finished
+        try:
+            webhooks.drain()  # attempts under way are recorded, not left claimed
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("webhook outcomes not recorded (%s): retried later", _describe(exc))
+        self.pruning.stop()  # a prune under way stops after its batch
         log.info(
             "worker %s stopped: %d frames scored, %d stored",
             self.owner,
@@ -276,7 +295,7 @@ class Worker:
         )
         _close_connections()
         # Renew the leases first thing once back: the outage ate into them.
-        self._next_heartbeat = 0.0
+        self._next_heartbeat = self._next_beat = 0.0
         self._sleep(delay)
 
     def _database_available(self) -> None:
@@ -360,11 +379,14 @@ class Worker:
             prompt_rows = [r for r, p in enumerate(chunk) if p.inputs.prompt is not None]
             normality_rows = [r for r, p in enumerate(chunk) if p.inputs.normality is not None]
             features = views = None
-            if prompt_rows:
-                batch = to_tensor([chunk[r].inputs.prompt for r in prompt_rows], model)
-                features = encode_images(model, batch)
-            if normality_rows:
-                views = encode_fitted(model, [chunk[r].inputs.normality for r in normality_rows])
+            with metrics.INFERENCE_SECONDS.time():
+                if prompt_rows:
+                    batch = to_tensor([chunk[r].inputs.prompt for r in prompt_rows], model)
+                    features = encode_images(model, batch)
+                if normality_rows:
+                    inputs = [chunk[r].inputs.normality for r in normality_rows]
+                    views = encode_fitted(model, inputs)
+            metrics.INFERENCE_FRAMES.inc(len(chunk))
             at_prompt = {row: k for k, row in enumerate(prompt_rows)}
             at_normality = {row: k for k, row in enumerate(normality_rows)}
             self.frames_scored += len(chunk)
@@ -460,6 +482,7 @@ class Worker:
             self.unstored.pop(0)
             if held:
                 self.frames_stored += len(items)
+                _observe_stored(job, items)
                 stored = True
                 self._stored(job)
                 self.pictures.stored(job.pk, items)
@@ -547,6 +570,7 @@ class Worker:
             if not loader.is_alive():
                 break
             leases.renew(self.owner, [analysis.pk for analysis in claimed])
+            health.beat(self.owner, self.started_at)  # alive, if busy downloading
         if "error" in outcome:
             raise outcome["error"]
         return outcome["model"]
@@ -617,7 +641,9 @@ class Worker:
 
     def _load_model(self) -> LoadedModel:
         if self._model is None:
+            started = time.monotonic()
             self._model = load_model(self.spec)
+            metrics.MODEL_LOAD_SECONDS.set(time.monotonic() - started)
         return self._model
 
     def _start_file(self, analysis: Analysis, detector: Detector, recorder: Recorder) -> FileJob:
@@ -797,6 +823,14 @@ class Worker:
         )
         failed = messages.status_message(Status.FAILED, error_message=message)
         self.publisher.publish(pk, "status", failed)
+
+
+def _observe_stored(job: Job, items: list[ScoredItem]) -> None:
+    """Metrics of a stored batch: frames per camera, and capture-to-stored lag (live)."""
+    camera = job.analysis.camera
+    now = timezone.now()
+    lags = [(now - i.captured_at).total_seconds() for i in items if i.captured_at is not None]
+    metrics.observe_stored(metrics.camera_labels(camera.pk, camera.name), len(items), lags)
 
 
 def _close_connections() -> None:

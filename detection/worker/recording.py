@@ -31,7 +31,7 @@ from detection.frames import latest_frame_path
 from detection.live import messages
 from detection.live.publisher import Publisher
 from detection.models import Analysis, FrameScore, Incident
-from detection.worker import webhooks
+from detection.worker import notifications, webhooks
 from detection.worker.keyframes import KeyFrames
 
 log = logging.getLogger(__name__)
@@ -331,16 +331,20 @@ class Recorder:
             self.on_incident(incident)  # never raises: clips log their own failures
         payload = messages.incident_message(incident)
         self.publisher.publish(self.analysis.pk, "incident", payload)
-        if self.analysis.webhook_url:
-            webhooks.send(
-                self.analysis.webhook_url,
-                {
-                    "event": "incident.opened" if incident.is_open else "incident.closed",
-                    "analysis": {
-                        "id": self.analysis.pk,
-                        "name": self.analysis.name,
-                        "camera": self.analysis.camera.name,
-                    },
-                    "incident": payload,
+        # After the store transaction: the log row and the mail's queries are small, and the
+        # network waits on background threads (webhooks.py, notifications.py).
+        webhooks.enqueue(
+            self.analysis,
+            incident,
+            {
+                "event": "incident.opened" if incident.is_open else "incident.closed",
+                "analysis": {
+                    "id": self.analysis.pk,
+                    "name": self.analysis.name,
+                    "camera": self.analysis.camera.name,
                 },
-            )
+                "incident": payload,
+            },
+        )
+        if incident.is_open:
+            notifications.incident_opened(self.analysis, incident)

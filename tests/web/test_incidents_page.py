@@ -367,3 +367,17 @@ def test_it_plays_the_clip_in_chromium(live_server, tmp_path, settings, media):
             (Path(folder) / "incidents.png").write_bytes(shot.read_bytes())
     finally:
         driver.quit()
+
+
+def test_it_shows_one_incident_from_an_e_mail_link_only_to_those_who_may_see_it(client):
+    viewer, stranger = UserFactory(username="viewer"), UserFactory(username="stranger")
+    analysis = AnalysisFactory(camera=CameraFactory(viewers=[viewer]))
+    wanted, other = IncidentFactory(analysis=analysis), IncidentFactory(analysis=analysis)
+    client.force_login(viewer)
+    page = client.get(f"{PAGE}?incident={wanted.pk}")
+    assert page.status_code == 200
+    assert [i.pk for i in page.context["page"].object_list] == [wanted.pk]
+    assert other.pk != wanted.pk
+    client.force_login(stranger)
+    hidden = client.get(f"{PAGE}?incident={wanted.pk}")
+    assert list(hidden.context["page"].object_list) == []
