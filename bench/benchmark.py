@@ -776,17 +776,27 @@ class DecodedChunks(IterableDataset):
     the model's input size: uint8 BGR chunks of `chunk` frames, one GPU batch each.
 
     A worker stands for one file or camera; the chunks cross to the main process through
-    shared memory (PyTorch's DataLoader), so only handles are pickled.
+    shared memory (PyTorch's DataLoader), so only handles are pickled. `fit_on_device`: the
+    worker only crops (a view, then one copy into the chunk) and the main process resizes
+    on the model's device (detection/engine/area_resize.py).
     """
 
     def __init__(
-        self, video: str | Path, sampling_fps: float, preprocess: Any, chunk: int, loops: int
+        self,
+        video: str | Path,
+        sampling_fps: float,
+        preprocess: Any,
+        chunk: int,
+        loops: int,
+        fit_on_device: bool = False,
     ) -> None:
         self.video, self.sampling_fps = str(video), sampling_fps
         self.preprocess, self.chunk, self.loops = preprocess, chunk, loops
+        self.fit_on_device = fit_on_device
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         from detection.engine import VideoReader
+        from detection.engine.area_resize import crop_box
         from detection.engine.preprocess import fit_frame
 
         cv2.setNumThreads(1)  # one decoder per core: no nested thread pools
@@ -794,7 +804,12 @@ class DecodedChunks(IterableDataset):
         for _ in range(self.loops):
             with VideoReader(self.video) as reader:
                 for frame in reader.frames(self.sampling_fps):
-                    frames.append(fit_frame(frame.image, self.preprocess))
+                    if self.fit_on_device:
+                        h, w = frame.image.shape[:2]
+                        left, top, cw, ch = crop_box(w, h, self.preprocess)
+                        frames.append(frame.image[top : top + ch, left : left + cw])
+                    else:
+                        frames.append(fit_frame(frame.image, self.preprocess))
                     if len(frames) == self.chunk:
                         yield torch.from_numpy(np.stack(frames))
                         frames = []
@@ -813,22 +828,28 @@ def pipeline_run(
     normal: str = NORMAL,
     anomaly: str = ANOMALY,
     decode_only: bool = False,
+    fit_on_device: bool = False,
 ) -> dict[str, Any]:
     """`decoders` processes decode and fit frames; the main process scores them in batches.
 
     The uint8 batches are pinned by the DataLoader, cross to the device without waiting,
     are normalised there, encoded at the model's precision and scored as the worker does
     (`encode_images` + `Scorer.score_features`). `decode_only` measures the feeding alone.
+    `fit_on_device`: decoders send cropped full-size frames and the resize to the model's
+    input runs on the device as two matrix products (area_resize.fit_batch).
     """
     from torch.utils.data import DataLoader
 
     from detection.engine import Scorer
+    from detection.engine.area_resize import fit_batch
     from detection.engine.preprocess import normalize
     from detection.engine.scoring import encode_images
 
     scorer = Scorer(loaded, normal, anomaly)
     cuda = loaded.device.startswith("cuda")
-    dataset = DecodedChunks(video, sampling_fps, loaded.preprocess, batch_size, loops)
+    dataset = DecodedChunks(
+        video, sampling_fps, loaded.preprocess, batch_size, loops, fit_on_device
+    )
     batches = DataLoader(
         dataset,
         batch_size=None,
@@ -840,8 +861,11 @@ def pipeline_run(
     start = time.perf_counter()
     for chunk in batches:
         frames += len(chunk)
-        if not decode_only:
-            scorer.score_features(encode_images(loaded, normalize(chunk, loaded)))
+        if decode_only:
+            continue
+        if fit_on_device:
+            chunk = fit_batch(chunk.to(loaded.device, non_blocking=True), loaded.preprocess)
+        scorer.score_features(encode_images(loaded, normalize(chunk, loaded)))
     _sync(loaded.device)
     seconds = time.perf_counter() - start
     return {
@@ -851,6 +875,7 @@ def pipeline_run(
         "seconds": seconds,
         "fps": frames / seconds,
         "decode_only": decode_only,
+        "fit_on_device": fit_on_device,
     }
 
 
@@ -880,6 +905,7 @@ def throughput_benchmark(
     batch_size: int = 256,
     loops: int = 2,
     matmul_sizes: Sequence[int] | None = None,
+    fit_on_device: bool = False,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """The device's throughput, Django-free: for a GPU (scripts/gpu_bench.sh), or any device.
@@ -950,7 +976,43 @@ def throughput_benchmark(
         )
         for n in decoders
     ]
-    best = max((p.get("fps", 0.0) for p in report["pipeline"]), default=0.0)
+    if fit_on_device:
+        # Issue 16, item 4: the same pipeline with the resize moved onto the device.
+        report["decode_only_fit_on_device"] = [
+            attempt(
+                f"decoding and cropping alone, {n} decoder processes (resize on the device)",
+                lambda n=n: pipeline_run(
+                    loaded,
+                    video,
+                    fps,
+                    decoders=n,
+                    batch_size=batch_size,
+                    loops=loops,
+                    decode_only=True,
+                    fit_on_device=True,
+                ),
+            )
+            for n in decoders
+        ]
+        report["pipeline_fit_on_device"] = [
+            attempt(
+                f"end to end, {n} decoder processes, resize on the device",
+                lambda n=n: pipeline_run(
+                    loaded,
+                    video,
+                    fps,
+                    decoders=n,
+                    batch_size=batch_size,
+                    loops=loops,
+                    fit_on_device=True,
+                ),
+            )
+            for n in decoders
+        ]
+    best = max(
+        (p.get("fps", 0.0) for p in report["pipeline"] + report.get("pipeline_fit_on_device", [])),
+        default=0.0,
+    )
     report["best_fps"] = best
     report["best_ceiling_fraction"] = best / report["ceiling"]["images_per_s"]
     report["peak_rss_mib"] = peak_rss_mib()
@@ -983,6 +1045,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--loops", type=int, default=2, help="passes over the video per decoder")
     parser.add_argument("--matmul-sizes", help="square sizes for the ceiling")
     parser.add_argument("--json", metavar="FILE", help="also write the JSON here")
+    parser.add_argument(
+        "--fit-on-device",
+        action="store_true",
+        help="also run the pipeline with the resize on the device (area_resize.fit_batch)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -998,6 +1065,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_size=args.batch_size,
         loops=args.loops,
         matmul_sizes=ints(args.matmul_sizes) or None,
+        fit_on_device=args.fit_on_device,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     text = json.dumps(report, indent=2, default=str)

@@ -8,6 +8,12 @@ It EMPTIES the detection and camera tables of that database first: never point i
 real one. The live path is a thread storing one score every 0.1 s the way
 Recorder.store does (one transaction: the rows, then the analysis's summary); each store's
 wall time is recorded, before and during the prune. Prints one JSON document.
+
+`--worker` replaces that thread with the real thing: `manage.py run_detector` in its own
+process (random ViT-B-32 weights, the same compute) scoring a live MJPEG camera served
+from this process (tests/support/streams.py) at `--sampling-fps`, its own pruning off. A
+watcher polls the newest stored score every 20 ms and records its lag (now minus its
+capture time) before, during and after the prune, and counts the frames stored.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -119,6 +126,71 @@ class LivePath(threading.Thread):
         }
 
 
+class LagWatcher(threading.Thread):
+    """Polls the newest score of one analysis; records (monotonic, lag s) per new score."""
+
+    def __init__(self, analysis_id: int, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.analysis_id = analysis_id
+        self.every = every
+        self.stop = threading.Event()
+        self.samples: list[tuple[float, float]] = []
+
+    def run(self) -> None:
+        from django.db import connection
+        from django.utils import timezone
+
+        from detection.models import FrameScore
+
+        seen = None
+        try:
+            while not self.stop.is_set():
+                row = (
+                    FrameScore.objects.filter(analysis_id=self.analysis_id)
+                    .order_by("-id")
+                    .values_list("id", "captured_at")
+                    .first()
+                )
+                if row is not None and row[0] != seen and row[1] is not None:
+                    seen = row[0]
+                    lag = (timezone.now() - row[1]).total_seconds()
+                    self.samples.append((time.monotonic(), lag))
+                time.sleep(self.every)
+        finally:
+            connection.close()
+
+    def during(self, start: float, end: float) -> dict[str, float]:
+        lags = sorted(s for t, s in self.samples if start <= t <= end)
+        if not lags:
+            return {"frames": 0}
+        return {
+            "frames": len(lags),
+            "median_ms": round(statistics.median(lags) * 1000, 1),
+            "p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000, 1),
+            "max_ms": round(lags[-1] * 1000, 1),
+        }
+
+
+def _start_worker(camera_url: str) -> subprocess.Popen[bytes]:
+    """`manage.py run_detector` on this database, pruning off, loopback cameras allowed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {
+        **os.environ,
+        "DETECTION_PRETRAINED": "none",
+        "DETECTION_MODEL": os.environ.get("BENCH_PRUNE_MODEL", "ViT-B-32"),
+        "DETECTION_CAMERA_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "DETECTION_PRUNE_INTERVAL_MINUTES": "0",
+        "DETECTION_METRICS_PORT": "0",
+    }
+    return subprocess.Popen(
+        [sys.executable, os.path.join(root, "manage.py"), "run_detector"],
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cameras", type=int, default=12)
@@ -132,6 +204,10 @@ def main() -> None:
         metavar="SECONDS",
         help="PostgreSQL: wait up to this long for autovacuum instead of running VACUUM",
     )
+    parser.add_argument(
+        "--worker", action="store_true", help="a real worker on a live camera, not a thread"
+    )
+    parser.add_argument("--sampling-fps", type=float, default=2.0)
     args = parser.parse_args()
     _setup()
     from django.conf import settings
@@ -164,6 +240,15 @@ def main() -> None:
             )
         )
     live, old = analyses[0], analyses[1:]
+    server = worker = None
+    if args.worker:
+        from tests.support.streams import MJPEGServer
+
+        server = MJPEGServer(fps=10).start()
+        Camera.objects.filter(pk=live.camera_id).update(source=server.url)
+        Analysis.objects.filter(pk=live.pk).update(
+            status=Analysis.Status.QUEUED, sampling_fps=args.sampling_fps
+        )
     started = time.monotonic()
     chunk = 20_000
     for analysis in old:
@@ -183,18 +268,35 @@ def main() -> None:
     insert_s = time.monotonic() - started
     rows = FrameScore.objects.count()
     before = _sizes()
-    path = LivePath(live.pk)
-    path.start()
-    time.sleep(5)  # the live path on its own, for comparison
+    path: LivePath | LagWatcher
+    if server is not None:
+        path = LagWatcher(live.pk)
+        worker = _start_worker(server.url)
+        path.start()
+        deadline = time.monotonic() + 300
+        while len(path.samples) < 3:  # the model loads and the camera opens first
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise SystemExit("bench.prune: the worker stored no score (is the port free?)")
+            time.sleep(0.5)
+    else:
+        path = LivePath(live.pk)
+        path.start()
+    time.sleep(5 if server is None else 10)  # the live path on its own, for comparison
     t0 = time.monotonic()
     report = retention.prune(
         batch_rows=args.batch_size,
         pause_s=retention.PAUSE_S if args.pause is None else args.pause,
     )
     t1 = time.monotonic()
-    time.sleep(2)
+    time.sleep(2 if server is None else 10)
+    t2 = time.monotonic()
     path.stop.set()
     path.join()
+    if worker is not None:
+        worker.terminate()
+        worker.wait(30)
+    if server is not None:
+        server.stop()
     after = _sizes()
     dead = _dead_tuples()
     started = time.monotonic()
@@ -218,8 +320,11 @@ def main() -> None:
         "batches": report.batches,
         "rollups": ScoreRollup.objects.count(),
         "scores_left": FrameScore.objects.count(),
-        "store_before_prune": path.during(t0 - 5, t0),
+        "live": "worker: capture-to-stored lag" if args.worker else "thread: store time",
+        "store_before_prune": path.during(t0 - (5 if server is None else 10), t0),
         "store_during_prune": path.during(t0, t1),
+        "store_after_prune": path.during(t1, t2),
+        "load_average": os.getloadavg(),
         "size_before": before,
         "size_after_prune": after,
         "dead_tuples_after_prune": dead,

@@ -3,7 +3,7 @@
 #
 #   scripts/gpu_bench.sh [VIDEO [ARGS...]]
 #
-# Installs only what is missing, then runs `python -m detection.bench` (Django-free): the
+# Installs only what is missing, then runs `python -m bench.benchmark` (Django-free): the
 # ceiling (fp16 matmul / FLOPs per image), the encoder alone at large batches, the engine's
 # own path (one decoder thread) and N decoder processes feeding fp16 batches, end to end
 # and decoding alone. JSON on stdout and in $OUT/gpu_bench.json (or ./gpu_bench.json).
@@ -15,7 +15,8 @@
 # - VIDEO: default .gpu/vtest.avi if carried, else ../shared/data/vtest.avi.
 # - ARGS replace the defaults below; a dry run on a CPU with the tests' tiny model:
 #   scripts/gpu_bench.sh VIDEO --model tiny.json --device cpu --precision fp32 \
-#       --decoders 1,2 --batch-size 16 --encoder-batches 16 --loops 1 --matmul-sizes 128
+#       --decoders 1,2 --batch-size 16 --encoder-batches 16 --loops 1 --matmul-sizes 128 \
+#       --fit-on-device
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,7 +51,7 @@ fi
 if [ $# -eq 0 ]; then
     CORES=$(nproc)
     set -- --decoders "1,$((CORES / 2)),$((CORES > 3 ? CORES - 2 : 1))" \
-        --batch-size 256 --encoder-batches 64,256,1024 --loops 3
+        --batch-size 256 --encoder-batches 64,256,1024 --loops 3 --fit-on-device
 fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
@@ -61,5 +62,5 @@ df -h /dev/shm >&2 || true  # the decoders' batches cross through shared memory
 torch.cuda.is_available(), "opencv", cv2.__version__, "open_clip", open_clip.__version__)' >&2
 
 RESULT=${OUT:-.}/gpu_bench.json
-"$PY" -m detection.bench "$VIDEO" --pretrained none "$@" --json "$RESULT"
+"$PY" -m bench.benchmark "$VIDEO" --pretrained none "$@" --json "$RESULT"
 echo "JSON written to $RESULT" >&2
