@@ -8,6 +8,7 @@ comes from the integer id only: nothing user-typed becomes part of a path.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -43,3 +44,12 @@ def live_picture_path(analysis_id: int) -> Path:
 def watch_marker_path(analysis_id: int) -> Path:
     """Touched by the picture view while a page shows the picture; workers read its mtime."""
     return Path(settings.MEDIA_ROOT) / "live" / f"analysis-{int(analysis_id)}-watched"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a sibling `.part` file and a rename: a reader (the
+    frame views, nginx) gets the old file or the new one, never half a JPEG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(data)
+    os.replace(partial, path)

@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import time
 from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from detection.engine.stills import jpeg, newest_frame
-from detection.frames import frame_ring_dir, live_picture_path, watch_marker_path
+from detection.frames import frame_ring_dir, live_picture_path, watch_marker_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +48,6 @@ RING_QUALITY = 70
 
 def ring_capacity(sampling_fps: float) -> int:
     return max(1, min(RING_MAX, math.ceil(RING_SECONDS * max(sampling_fps, 0.0))))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(data)
-    os.replace(partial, path)  # readers never see a half-written JPEG
 
 
 def _boxed(image: np.ndarray, box: Any) -> np.ndarray:
@@ -98,7 +89,7 @@ class FrameRing:
             for item in items:
                 data = jpeg(_boxed(item.image, item.box), RING_WIDTH, RING_QUALITY)
                 if data:
-                    _write_atomic(self.folder / f"{int(item.frame_index)}.jpg", data)
+                    write_atomic(self.folder / f"{int(item.frame_index)}.jpg", data)
                     self.kept.append(int(item.frame_index))
             self._trim()
         except OSError as exc:
@@ -169,7 +160,7 @@ class LivePictures:
             if not data:
                 continue
             try:
-                _write_atomic(live_picture_path(camera.analysis_id), data)
+                write_atomic(live_picture_path(camera.analysis_id), data)
             except OSError as exc:
                 log.warning(
                     "analysis %s: cannot write the live picture: %s", camera.analysis_id, exc

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from django.utils import timezone
 
 from detection.engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
 from detection.engine.scoring import Box
-from detection.frames import latest_frame_path
+from detection.frames import latest_frame_path, write_atomic
 from detection.live import messages
 from detection.live.publisher import Publisher
 from detection.models import Analysis, FrameScore, Incident
@@ -276,10 +275,7 @@ class Recorder:
         """The newest scored frame for the live page, replaced atomically (best effort)."""
         path = latest_frame_path(self.analysis.pk)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".part")
-            partial.write_bytes(thumbnail_jpeg(item.image, item.box))
-            os.replace(partial, path)  # readers never see a half-written JPEG
+            write_atomic(path, thumbnail_jpeg(item.image, item.box))
         except OSError as exc:
             log.warning("analysis %s: cannot write the live frame: %s", self.analysis.pk, exc)
             return
