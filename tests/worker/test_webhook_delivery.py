@@ -1,21 +1,15 @@
 """Signed, logged, retried webhooks against a real local receiver that checks signatures.
 
-The receiver verifies each POST exactly as docs/deployment.md ("Verifying a webhook")
-tells receivers to (`verify` below is that snippet), fails the first attempts, then
-accepts. The worker's side runs as in `run_detector`: `enqueue` after an incident is
-stored, `step` on every tick, the log (`WebhookDelivery`) in between.
+The receiver (tests/support/webhooks.py) verifies each POST exactly as docs/deployment.md
+("Verifying a webhook") tells receivers to (`verify` there is that snippet), fails the
+first attempts, then accepts. The worker's side runs as in `run_detector`: `enqueue`
+after an incident is stored, `step` on every tick, the log (`WebhookDelivery`) in between.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_network
 
 import pytest
@@ -25,64 +19,11 @@ from detection.models import WebhookDelivery
 from detection.worker import webhooks
 from tests.support.factories import AnalysisFactory, IncidentFactory
 from tests.support.waiting import wait_until
+from tests.support.webhooks import Receiver, verify
 
 LOOPBACK = [ip_network("127.0.0.0/8"), ip_network("::1/128")]
 pytestmark = pytest.mark.django_db
 Status = WebhookDelivery.Status
-
-
-# The receiver's check, as documented (docs/deployment.md, "Verifying a webhook").
-def verify(secret: str, headers, body: bytes, tolerance_s: int = 300) -> bool:
-    timestamp = headers.get("X-Clipwatch-Timestamp", "")
-    signature = headers.get("X-Clipwatch-Signature", "")
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance_s:
-        return False  # missing, or too old: a replay
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return hmac.compare_digest(signature, "sha256=" + expected.hexdigest())
-
-
-class Receiver:
-    """Answers `failures` with `fail_status`, then `status`; records what it verified."""
-
-    def __init__(self, *, failures: int = 0, fail_status: int = 503, status: int = 204) -> None:
-        self.secret = ""
-        self.failures, self.fail_status, self.status = failures, fail_status, status
-        self.requests: list[dict[str, object]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.requests.append(
-                    {
-                        "at": time.monotonic(),
-                        "path": self.path,
-                        "headers": dict(self.headers),
-                        "event": json.loads(body)["event"],
-                        "verified": verify(receiver.secret, self.headers, body),
-                    }
-                )
-                failing = len(receiver.requests) <= receiver.failures
-                self.send_response(receiver.fail_status if failing else receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_port
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
 
 
 @pytest.fixture(autouse=True)

@@ -10,64 +10,17 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from ipaddress import ip_network
 
 import pytest
 
 from detection.worker.webhooks import deliver
 from tests.support.dns import resolve_as
+from tests.support.webhooks import Receiver
 
 LOOPBACK = [ip_network("127.0.0.0/8"), ip_network("::1/128")]
 EVENT = {"event": "incident.opened", "incident": {"id": 7}}
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that records each request and answers `status`."""
-
-    def __init__(self, status: int = 204, headers: Mapping[str, str] | None = None) -> None:
-        self.status = status
-        self.headers = dict(headers or {})
-        self.requests: list[dict[str, object]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _record(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                receiver.requests.append(
-                    {
-                        "method": self.command,
-                        "path": self.path,
-                        "headers": dict(self.headers),
-                        "body": self.rfile.read(length),
-                    }
-                )
-                self.send_response(receiver.status)
-                for name, value in receiver.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_POST = do_GET = _record
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_port
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
 
 
 @pytest.fixture
