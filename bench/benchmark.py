@@ -87,6 +87,7 @@ class LiveResult:
     age_p95: float | None
     age_max: float | None
     held: bool
+    rss_mib: float = 0.0  # the worker process's resident memory when the count ended
 
 
 @dataclass
@@ -115,6 +116,18 @@ class Report:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    """Resident memory of this process now (VmRSS), 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def machine_info() -> dict[str, Any]:
@@ -350,22 +363,36 @@ def make_camera_clip(
     out: Path,
     fps: float = 25.0,
     seconds: float = 8.0,
+    gop_s: float = 1.0,
 ) -> Path:
-    """A `seconds`-long copy of `source` re-timed to `fps` (MPEG-4 part 2): a 25-fps camera."""
+    """A `seconds`-long copy of `source` re-timed to `fps`: a 25-fps camera.
+
+    H.264 (PyAV's libx264, no B-frames) with a keyframe every `gop_s` seconds and no
+    scene-cut keyframes, as IP cameras send by default; that is what the worker's decoding
+    modes (DETECTION_DECODE) see on a real camera.
+    """
+    import av
+
     cap = cv2.VideoCapture(str(source))
     ok, frame = cap.read()
     if not ok:
         raise RuntimeError(f"{source}: no frame decodes")
     h, w = frame.shape[:2]
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for _ in range(int(fps * seconds)):
-        writer.write(frame)
-        ok, frame = cap.read()
-        if not ok:
-            cap.release()
-            cap = cv2.VideoCapture(str(source))
+    gop = max(1, round(fps * gop_s))
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height = w - w % 2, h - h % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0"}
+        for _ in range(int(fps * seconds)):
+            image = frame[: stream.height, : stream.width]
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
             ok, frame = cap.read()
-    writer.release()
+            if not ok:
+                cap.release()
+                cap = cv2.VideoCapture(str(source))
+                ok, frame = cap.read()
+        container.mux(stream.encode())
     cap.release()
     return out
 
@@ -460,6 +487,7 @@ def live_capacity(
             held=age_max is not None
             and age_max <= max_age_s
             and min_rate >= MIN_RATE_FRACTION * sampling_fps,
+            rss_mib=rss_mib(),
         )
         for camera in cameras:
             camera.delete()
@@ -1139,13 +1167,14 @@ def format_report(report: Report | dict[str, Any]) -> str:
     if r["live"]:
         lines += [
             "",
-            f"{'cameras':>8}{'held':>6}{'slowest camera':>16}{'age p50':>9}{'p95':>7}{'max':>7}",
+            f"{'cameras':>8}{'held':>6}{'slowest camera':>16}{'age p50':>9}{'p95':>7}{'max':>7}"
+            f"{'RSS':>9}",
         ]
         for x in r["live"]:
             lines.append(
                 f"{x['cameras']:>8}{('yes' if x['held'] else 'no'):>6}"
                 f"{x['min_rate']:>10.2f} fr/s{_s(x['age_p50']):>9}{_s(x['age_p95']):>7}"
-                f"{_s(x['age_max']):>7}"
+                f"{_s(x['age_max']):>7}{x.get('rss_mib', 0):>5.0f} MiB"
             )
         lines.append(
             f"Live capacity: {r['live_held']} simulated 25-fps camera(s) scored at "

@@ -22,8 +22,8 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
