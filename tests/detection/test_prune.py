@@ -344,7 +344,9 @@ def test_it_prunes_periodically_in_the_worker_one_worker_at_a_time(settings):
 # --- what operators see ----------------------------------------------------------------------
 
 
-def test_it_shows_storage_use_to_operators_only(client, live, media):
+def test_it_shows_storage_use_to_operators_only(client, live, media, monkeypatch):
+    from django.core.cache import cache
+
     from tests.support.factories import UserFactory
 
     live_scores(live, 0, 5)
@@ -356,9 +358,20 @@ def test_it_shows_storage_use_to_operators_only(client, live, media):
     client.force_login(admin)
     page = client.get("/").content.decode()
     assert 'data-role="storage"' in page
-    assert "5 raw scores" in page
+    assert "5 raw scores" in page and "media not counted yet" in page
+    # The prune counts the media; pages show its count and never walk MEDIA_ROOT themselves.
+    retention.prune(pause_s=0)
+    cache.clear()
+
+    def no_walk(root: str) -> tuple[int, int]:
+        raise AssertionError(f"a web request walked {root}")
+
+    monkeypatch.setattr(retention, "_tree_bytes", no_walk)
+    page = client.get("/").content.decode()
+    assert "2.0\xa0KB in 1 files at the last prune" in page
     usage = retention.storage_usage()
-    assert usage["scores"] == 5 and usage["media_bytes"] >= 2048
+    assert usage["media_bytes"] == 2048 and usage["media_files"] == 1
+    assert usage["scores"] == 0 and usage["rollups"] == 1  # the 5 old scores, rolled up
     viewer = UserFactory(username="plain")
     client.force_login(viewer)
     assert 'data-role="storage"' not in client.get("/").content.decode()
