@@ -10,6 +10,7 @@
   and stopped as an operator would, and what /proc says about them.
 - `services`: which real services (Redis, PostgreSQL) this run may use.
 - `streams`: local camera doubles (MJPEG over HTTP, a server that stalls), free ports.
+- `rtsp`: a real RTSP camera (gst-rtsp-server in a subprocess: rtsp_server.py).
 - `live`: clients of the live socket (a resyncing watcher, static/js/live.js under Node).
 - `worker`: a publisher that records, file analyses, the indices a run stores.
 - `dns`: name resolution answered from a table.
