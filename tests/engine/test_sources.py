@@ -76,7 +76,9 @@ def test_it_reads_frames_from_an_mjpeg_stream(server, sources):
     recorder = Recorder()
     source = stream(sources, server.url, on_status=recorder).start()
     first = source.latest(timeout=3.0)
-    assert first is not None and first.index == 0
+    # Not necessarily frame 0: on a loaded machine the reader may store frame 1 before this
+    # thread asks, and `latest` hands out the newest (the flaky `== 0` it once asserted).
+    assert first is not None and first.index >= 0
     assert first.image.dtype == np.uint8 and first.image.shape == (120, 160, 3)
     assert first.captured_at.tzinfo is UTC
     assert abs((datetime.now(UTC) - first.captured_at).total_seconds()) < 1.0
