@@ -77,7 +77,10 @@ class CameraAdmin(ScopedToVisibleCameras, ChangedFieldsOnly):
     filter_horizontal = ("viewers", "viewer_groups")
     readonly_fields = STATUS_FIELDS
     fieldsets = (
-        ("Source", {"fields": ("name", "kind", "source", "enabled", "description")}),
+        (
+            "Source",
+            {"fields": ("name", "kind", "source", "detect_source", "enabled", "description")},
+        ),
         (
             "Sharing",
             {

@@ -56,6 +56,16 @@ class Camera(models.Model):
         help_text="Webcam: a device index (0, 1, ...). Stream: an rtsp://, rtsps://, http:// "
         "or https:// URL. File: an absolute path inside DETECTION_VIDEO_DIRS or MEDIA_ROOT.",
     )
+    # Decoding less (issue 16): NVRs and cameras offer a low-resolution sub-stream for
+    # detection; scoring it costs a fraction of decoding the main stream.
+    detect_source = models.CharField(
+        "detect stream",
+        max_length=2000,
+        blank=True,
+        help_text="Stream cameras, optional: the URL the detector scores instead of the "
+        "source, such as the camera's low-resolution sub-stream (rtsp://.../stream2). The "
+        "source stays the stream people watch; the same URL rules apply.",
+    )
     enabled = models.BooleanField(default=True)
     description = models.TextField(blank=True)
     viewers = models.ManyToManyField(
@@ -94,18 +104,33 @@ class Camera(models.Model):
 
     def clean(self) -> None:
         super().clean()
+        errors: dict[str, list[str]] = {}
         check = {
             self.Kind.WEBCAM: validators.webcam_index,
             self.Kind.STREAM: validators.stream_url,
             self.Kind.FILE: validators.video_path,
         }.get(self.kind)
-        if check is None or not self.source:
-            return
-        try:
-            check(self.source)
-        except ValidationError as exc:
-            raise ValidationError({"source": exc.messages}) from None
-        self.source = self.source.strip()
+        if check is not None and self.source:
+            try:
+                check(self.source)
+                self.source = self.source.strip()
+            except ValidationError as exc:
+                errors["source"] = exc.messages
+        if self.detect_source.strip():
+            if self.kind != self.Kind.STREAM:
+                errors["detect_source"] = [
+                    "Only stream cameras have a detect stream: leave it empty."
+                ]
+            else:
+                try:
+                    validators.stream_url(self.detect_source)
+                    self.detect_source = self.detect_source.strip()
+                except ValidationError as exc:
+                    errors["detect_source"] = exc.messages
+        else:
+            self.detect_source = ""
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def is_live(self) -> bool:
@@ -152,18 +177,24 @@ class Camera(models.Model):
         """The last error while the camera is not online, credentials hidden; else ""."""
         if self.status == self.Status.ONLINE or not self.last_error:
             return ""
-        return redact_text(self.last_error, self.source)
+        return redact_text(self.last_error, *self.urls)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The camera's addresses that may hold credentials: its source, its detect stream."""
+        return tuple(url for url in (self.source, self.detect_source) if url)
 
 
-def redact_text(text: str, source: str = "") -> str:
-    """`text` with every URL in it redacted, and the source's password (if it has one)
-    hidden wherever else it appears: the worker redacts what it stores, and this makes
-    sure of it on every page."""
+def redact_text(text: str, *sources: str) -> str:
+    """`text` with every URL in it redacted, and the sources' passwords (where they have
+    one) hidden wherever else they appear: the worker redacts what it stores, and this
+    makes sure of it on every page."""
     text = _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
-    try:
-        password = urlsplit(source).password if "://" in source else None
-    except ValueError:
-        password = None
-    if password:
-        text = text.replace(password, "***")
+    for source in sources:
+        try:
+            password = urlsplit(source).password if "://" in source else None
+        except ValueError:
+            password = None
+        if password:
+            text = text.replace(password, "***")
     return text

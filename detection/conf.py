@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from .engine import ModelSpec
+from .engine.capture import DECODE_MODES
 
 
 def model_spec(device: str | None = None, precision: str | None = None) -> ModelSpec:
@@ -32,3 +34,13 @@ def logit_scale() -> float | None:
 def normality_crops() -> bool | None:
     """Whether normality embeds cropped views (None: whatever the model supports best)."""
     return True if settings.DETECTION_NORMALITY_VIEWS == "crops" else None
+
+
+def decode_mode() -> str:
+    """How live sources decode less (DETECTION_DECODE): auto, all, grab or keyframes."""
+    value = getattr(settings, "DETECTION_DECODE", "auto")
+    if value not in DECODE_MODES:
+        raise ImproperlyConfigured(
+            f"DETECTION_DECODE={value!r} is invalid: expected one of {', '.join(DECODE_MODES)}."
+        )
+    return value

@@ -19,6 +19,7 @@ from django.core.checks.security.base import (
 )
 from django.core.exceptions import ImproperlyConfigured
 
+from detection.engine.modelspec import default_pretrained
 from portal.env import (
     get_bool,
     get_float,
@@ -308,11 +309,13 @@ DETECTION_CAMERA_ALLOWED_NETWORKS = get_networks(
     "DETECTION_CAMERA_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"] if DEBUG else []
 )
 DETECTION_WEBHOOK_ALLOWED_NETWORKS = get_networks("DETECTION_WEBHOOK_ALLOWED_NETWORKS", [])
-# open_clip model name, or hf-hub:org/repo, local-dir:/path, /path/to/config.json.
+# A preset (vit-b-16, vit-b-32, mobileclip2-s0, ...: docs/models.md), an open_clip model
+# name, or hf-hub:org/repo, local-dir:/path, /path/to/config.json.
 DETECTION_MODEL = get_str("DETECTION_MODEL", "ViT-B-16")
 # An open_clip pretrained tag, a path to a checkpoint file, or "none" (random weights:
-# tests and benchmarks only). detection/checks.py validates it against the model.
-DETECTION_PRETRAINED = get_str("DETECTION_PRETRAINED", "laion2b_s34b_b88k")
+# tests and benchmarks only). detection/checks.py validates it against the model. Unset, a
+# preset's own weights, else laion2b_s34b_b88k.
+DETECTION_PRETRAINED = get_str("DETECTION_PRETRAINED", default_pretrained(DETECTION_MODEL))
 DETECTION_DEVICE = get_str(
     "DETECTION_DEVICE",
     "auto",
@@ -329,6 +332,11 @@ DETECTION_BATCH_SIZE = get_int("DETECTION_BATCH_SIZE", 16, min=1)
 DETECTION_NORMALITY_VIEWS = get_str(
     "DETECTION_NORMALITY_VIEWS", "regions", choices=("regions", "crops")
 )
+# How live cameras are decoded when sampled below their frame rate (issue 16): `auto`
+# (keyframes only when the sampling interval spans the stream's keyframe interval, else
+# every frame decoded and only the sampled ones converted), `grab` (that second way always),
+# `keyframes` (keyframes only always) or `all` (every frame decoded and converted).
+DETECTION_DECODE = get_str("DETECTION_DECODE", "auto", choices=("auto", "all", "grab", "keyframes"))
 # A worker's claim on an analysis lapses this long after its last heartbeat; another
 # worker then resumes the analysis from its last stored frame.
 DETECTION_LEASE_SECONDS = get_int("DETECTION_LEASE_SECONDS", 30, min=5)

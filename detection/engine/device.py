@@ -1,9 +1,14 @@
 """Choosing a device and a numeric precision.
 
 `auto` precision casts the whole model (not autocast, which was slower on the development
-CPU; docs/performance.md) to fp16 on CUDA, and to bf16 on a CPU that both advertises bf16 support
-and really runs a bf16 matmul faster than fp32 (a quick probe, once per process). Everything
-else runs in fp32.
+CPU; docs/performance.md) to fp16 on CUDA. On a CPU it is decided per model: where the
+processor advertises bf16 support and really runs a bf16 matmul faster than fp32 (a quick
+probe, once per process), the loaded image encoder itself is timed in fp32 and in bf16 on a
+batch sized to the model (`probe_cpu_precision`, about a second, once per model and
+process), and bf16 is kept when it is at least 5 % faster. A matmul alone is not enough: a
+convolutional tower gains much less from bf16 than a ViT does (MobileCLIP2 on the
+development CPU: 1.2-1.5x at small batches against ViT-B-16's 4x), and on another CPU it
+may lose. Everything else runs in fp32 (docs/models.md).
 
 `resolve_device` also tunes glibc's allocator once per process (`keep_freed_memory`): see
 there why.
@@ -11,13 +16,18 @@ there why.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import functools
 import logging
+import math
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +38,9 @@ log = logging.getLogger(__name__)
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What `resolve_precision` answers for `auto` on a bf16-capable CPU before the model's own
+# probe has run: load in fp32, then call `probe_cpu_precision`.
+MEASURE = "auto"
 
 
 def resolve_device(device: str) -> str:
@@ -131,8 +144,170 @@ def cpu_bf16_is_faster() -> bool:
     return faster
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """Map `auto|fp32|bf16|fp16` to a concrete precision for `device`."""
+# --- auto on a CPU: time the model's own image encoder ---------------------------------------
+
+# The probe's batch: as many images as one fp32 call does in about PROBE_CALL_S (sized
+# from one image), at most PROBE_MAX_BATCH. A light model then shows its large-batch
+# behaviour (MobileCLIP2-S0's bf16 gain grows with the batch), a heavy one keeps the probe
+# short (ViT-B-16 on 2 cores: one image).
+PROBE_CALL_S = 0.2
+PROBE_MAX_BATCH = 16
+PROBE_BUDGET_S = 1.2  # both precisions together, warm-up included
+PROBE_MIN_ROUNDS = 2  # timed rounds however slow (one alone was too often a noisy one)
+PROBE_MAX_ROUNDS = 5
+# bf16 rounds activations to 8 significant bits: take it only for a gain beyond the noise.
+# Not more: a small batch understates bf16's gain (MobileCLIP2-S2 on the development CPU:
+# 1.4x at batch 1-2, 2x at 8-16), and a wrong fp32 costs more than a wrong bf16.
+BF16_MARGIN = 1.05
+CLOSE_CALL = 1.25  # timings nearer than this get a second look
+
+Timer = Callable[[list[tuple[torch.nn.Module, torch.Tensor]], float], list[float]]
+
+
+@dataclass(frozen=True)
+class PrecisionProbe:
+    """What `probe_cpu_precision` chose for a model and why (best seconds per batch)."""
+
+    model: str
+    precision: str
+    fp32_s: float | None = None
+    bf16_s: float | None = None
+    batch: int = 0
+    reason: str = ""
+
+
+_probes: dict[str, PrecisionProbe] = {}
+_probes_lock = threading.Lock()
+
+
+def time_encoders(runs: list[tuple[torch.nn.Module, torch.Tensor]], budget_s: float) -> list[float]:
+    """Best seconds of `encoder(pixels)` for each run, timed in turns.
+
+    One warm-up call each (oneDNN picks and caches its kernels on the first), then rounds
+    of one call each, in turn, so a burst of load from another process slows every
+    candidate alike rather than the one that happened to be running; as many rounds as fit
+    in `budget_s` (warm-up included), at least PROBE_MIN_ROUNDS, at most PROBE_MAX_ROUNDS.
+    """
+    best = [math.inf] * len(runs)
+    spent = 0.0
+    with torch.inference_mode():
+        for round_ in range(PROBE_MAX_ROUNDS + 1):
+            started = time.perf_counter()
+            for i, (encoder, pixels) in enumerate(runs):
+                start = time.perf_counter()
+                encoder(pixels)
+                if round_:
+                    best[i] = min(best[i], time.perf_counter() - start)
+            took = time.perf_counter() - started
+            spent += took
+            if round_ >= PROBE_MIN_ROUNDS and spent + took > budget_s:
+                break
+    return best
+
+
+def probe_cpu_precision(
+    model_name: str,
+    encoder: torch.nn.Module,
+    image_size: tuple[int, int],
+    *,
+    timer: Timer | None = None,
+) -> PrecisionProbe:
+    """`auto` on a CPU for this model: fp32 or bf16, whichever runs `encoder` faster.
+
+    `encoder` is the loaded fp32 image tower; it is timed as it is, and a bf16 copy of it
+    (the model itself is not cast back and forth: a round trip through bf16 would round its
+    weights). Without native bf16 (`cpu_bf16_is_faster`, the matmul pre-filter) nothing is
+    timed: emulated bf16 is always slower. The choice is cached per model name for the
+    process and logged with both timings. `timer` replaces `time_encoders` (tests).
+    """
+    # Held while timing: two probes at once (two models loading in two threads) would slow
+    # each other down and measure the contention, not the models.
+    with _probes_lock:
+        if model_name in _probes:
+            return _probes[model_name]
+        if not cpu_bf16_is_faster():
+            probe = PrecisionProbe(model_name, "fp32", reason="no native bf16 on this CPU")
+        else:
+            probe = _measure(model_name, encoder, image_size, timer or time_encoders)
+        _probes[model_name] = probe
+    if probe.fp32_s is not None and probe.bf16_s is not None:
+        log.info(
+            "auto precision for %s on this CPU: image encoder fp32 %.1f ms, bf16 %.1f ms per "
+            "batch of %d -> %s",
+            model_name,
+            probe.fp32_s * 1e3,
+            probe.bf16_s * 1e3,
+            probe.batch,
+            probe.precision,
+        )
+    else:
+        log.info(
+            "auto precision for %s on this CPU: %s (%s)", model_name, probe.precision, probe.reason
+        )
+    return probe
+
+
+def _measure(
+    model_name: str, encoder: torch.nn.Module, image_size: tuple[int, int], timer: Timer
+) -> PrecisionProbe:
+    height, width = image_size
+    seeded = torch.Generator().manual_seed(0)
+    pixels = torch.randn(PROBE_MAX_BATCH, 3, height, width, generator=seeded)
+    batch = probe_batch(encoder, pixels[:1])
+    half = copy.deepcopy(encoder).to(torch.bfloat16)
+    try:
+        runs = [(encoder, pixels[:batch]), (half, pixels[:batch].to(torch.bfloat16))]
+        fp32_s, bf16_s = timer(runs, PROBE_BUDGET_S)
+        if 1 / CLOSE_CALL < fp32_s / bf16_s < CLOSE_CALL:
+            # A close call is where a burst of load elsewhere decides: time it once more.
+            again = timer(runs, PROBE_BUDGET_S)
+            fp32_s, bf16_s = min(fp32_s, again[0]), min(bf16_s, again[1])
+    finally:
+        del half
+    faster = bf16_s * BF16_MARGIN < fp32_s
+    return PrecisionProbe(
+        model_name,
+        "bf16" if faster else "fp32",
+        fp32_s,
+        bf16_s,
+        batch,
+        "bf16 measured faster" if faster else f"bf16 not {BF16_MARGIN:g}x faster",
+    )
+
+
+def probe_batch(encoder: torch.nn.Module, one: torch.Tensor) -> int:
+    """How many images one fp32 call of `encoder` takes about PROBE_CALL_S for (1 to
+    PROBE_MAX_BATCH), from a warm-up call and the better of two timed calls on one image."""
+    per_image = math.inf
+    with torch.inference_mode():
+        encoder(one)
+        for _ in range(2):
+            start = time.perf_counter()
+            encoder(one)
+            per_image = min(per_image, time.perf_counter() - start)
+    return max(1, min(PROBE_MAX_BATCH, int(PROBE_CALL_S / max(per_image, 1e-6))))
+
+
+def measured_cpu_precision(model_name: str) -> str | None:
+    """The precision `probe_cpu_precision` chose for `model_name` in this process, if it ran."""
+    with _probes_lock:
+        probe = _probes.get(model_name)
+    return probe.precision if probe else None
+
+
+def forget_probes() -> None:
+    """Drop the cached choices (tests; a process that changed its thread count)."""
+    with _probes_lock:
+        _probes.clear()
+
+
+def resolve_precision(precision: str, device: str, model_name: str | None = None) -> str:
+    """Map `auto|fp32|bf16|fp16` to a concrete precision for `device`.
+
+    `auto` on a CPU with native bf16 depends on the model: the choice measured for
+    `model_name` when `probe_cpu_precision` has run for it, else MEASURE ("auto"): load the
+    model in fp32 and let the probe decide.
+    """
     precision = (precision or "auto").strip().lower()
     if precision not in PRECISIONS:
         raise ModelLoadError(
@@ -144,4 +319,6 @@ def resolve_precision(precision: str, device: str) -> str:
         return precision
     if device.startswith("cuda"):
         return "fp16"
-    return "bf16" if cpu_bf16_is_faster() else "fp32"
+    if not cpu_bf16_is_faster():
+        return "fp32"
+    return (measured_cpu_precision(model_name) if model_name else None) or MEASURE

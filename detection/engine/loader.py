@@ -12,13 +12,19 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .device import DTYPES, resolve_device, resolve_precision
+from .device import DTYPES, MEASURE, probe_cpu_precision, resolve_device, resolve_precision
 from .errors import ModelLoadError
-from .modelspec import is_random_weights, resolve_model_name, resolve_pretrained
+from .modelspec import (
+    checkpoint_preprocessing,
+    is_random_weights,
+    resolve_model_name,
+    resolve_pretrained,
+)
 from .weights import route_hub_logs_through_root
 
 log = logging.getLogger(__name__)
@@ -90,9 +96,14 @@ _key_locks: dict[tuple[str, str, str, str, str | None], threading.Lock] = {}
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
-    """Return the cached model for `spec`, loading it on first use (thread-safe)."""
+    """Return the cached model for `spec`, loading it on first use (thread-safe).
+
+    `auto` precision on a CPU with bf16 is settled by timing the model itself on its first
+    load (device.probe_cpu_precision); the model is then cached under the precision chosen
+    too, so a later `auto` (resolved from the probe's cached answer) finds it.
+    """
     device = resolve_device(spec.device)
-    precision = resolve_precision(spec.precision, device)
+    precision = resolve_precision(spec.precision, device, resolve_model_name(spec.name))
     key = (spec.name, spec.pretrained, device, precision, spec.cache_dir)
     with _cache_lock:
         if key in _cache:
@@ -107,6 +118,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         loaded = _load(spec, device, precision)
         with _cache_lock:
             _cache[key] = loaded
+            if loaded.precision != precision:
+                _cache.setdefault((*key[:3], loaded.precision, *key[4:]), loaded)
         return loaded
 
 
@@ -149,6 +162,10 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
             "(use this for tests and benchmarks only)",
             model_name,
         )
+    # A checkpoint file: the preprocessing its model's weights were trained with, where
+    # open_clip knows one for every tag of the model (MobileCLIP: mean 0, std 1, bilinear).
+    from_file = pretrained is not None and Path(pretrained).is_file()
+    preprocessing = checkpoint_preprocessing(model_name) if from_file else {}
     try:
         model, _, reference_transform = open_clip.create_model_and_transforms(
             model_name,
@@ -156,6 +173,7 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
             load_weights=not spec.random_weights,
             device=device,
             cache_dir=spec.cache_dir,
+            **preprocessing,
         )
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=spec.cache_dir)
     except ModelLoadError:
@@ -172,6 +190,13 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
         ) from None
 
     model.eval()
+    _reparameterize(model)
+    pp = model.visual.preprocess_cfg
+    size = pp["size"] if isinstance(pp["size"], (tuple, list)) else (pp["size"], pp["size"])
+    if precision == MEASURE:
+        # `auto` on a CPU with bf16: time this model's own image encoder (fp32 as loaded).
+        probe = probe_cpu_precision(model_name, model.visual, (int(size[0]), int(size[1])))
+        precision = probe.precision
     dtype = DTYPES[precision]
     if dtype != torch.float32:
         # Cast the whole model (not autocast): measured faster on CPU and the usual choice
@@ -179,8 +204,6 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
         model.to(dtype)
     model.requires_grad_(False)
 
-    pp = model.visual.preprocess_cfg
-    size = pp["size"] if isinstance(pp["size"], (tuple, list)) else (pp["size"], pp["size"])
     context_length = getattr(tokenizer, "context_length", None) or getattr(
         model, "context_length", 77
     )
@@ -204,3 +227,19 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
     )
     log.info("loaded %s", loaded.describe())
     return loaded
+
+
+def _reparameterize(model: torch.nn.Module) -> None:
+    """Fold a timm image tower's training-time branches into single convolutions.
+
+    MobileCLIP's FastViT trains with parallel (MobileOne-style) branches and batch norms;
+    Apple's instructions reparameterize before inference, and open_clip leaves it to the
+    caller. Same outputs (to float rounding), fewer and larger convolutions. ViT towers have
+    nothing to fold and are left alone.
+    """
+    from open_clip.timm_model import TimmModel
+
+    if isinstance(model.visual, TimmModel):
+        from timm.utils import reparameterize_model
+
+        reparameterize_model(model.visual, inplace=True)

@@ -14,6 +14,11 @@ flapping camera cannot spin the CPU. Status changes (`SourceStatus`, same values
 `Camera.Status`) are read from `status`, `last_error` and `reconnects`, which the worker
 polls and stores on the camera; `on_status` is an optional callback for scripts and tests.
 
+Decoding less (issue 16): a source given `sample_interval_s` (the worker passes
+1/sampling rate) converts, or decodes, only the frames it needs: see
+`detection.engine.capture` for the modes (`decode`, setting DETECTION_DECODE). Without an
+interval every frame is read, as before.
+
 File cameras are not read here: the engine's `detection.engine.video.VideoReader` reads
 files sequentially without dropping a frame. `PacedFileSource` plays a file in real time as
 a simulated live camera for tests and demos.
@@ -50,6 +55,15 @@ import numpy as np
 # The engine is Django-free like this module; its content check decides what FFmpeg may open,
 # its netpolicy where a stream may connect. STREAM_SCHEMES and redact stay importable from
 # here: one definition each, in netpolicy.
+from detection.engine.capture import (
+    Capture,
+    CVCapture,
+    DecodeError,
+    DecodeMode,
+    Sampler,
+    decode_mode,
+    keyframes_suffice,
+)
 from detection.engine.errors import MediaError
 from detection.engine.netpolicy import (
     STREAM_SCHEMES,
@@ -72,6 +86,9 @@ if "OPENCV_LOG_LEVEL" not in os.environ:
 log = logging.getLogger(__name__)
 
 ASSUMED_FPS = 25.0
+# A due sample that no frame could serve for this long (nothing decodes) drops the stream
+# (with keyframes only: 2.5 GOPs, if longer).
+UNDECODABLE_S = 20.0
 
 
 class SourceStatus(StrEnum):
@@ -108,7 +125,9 @@ StatusCallback = Callable[["SourceStatus", str], None]  # (status, error text or
 @dataclass(frozen=True)
 class Frame:
     image: np.ndarray  # BGR uint8
-    index: int  # frames read since the source started, counted across reconnects, from 0
+    # Frames read (grabbed) since the source started, counted across reconnects, from 0:
+    # with a sampling interval, the frames in between were read but not handed out.
+    index: int
     time_s: float  # seconds since the source started (monotonic clock)
     captured_at: datetime  # aware UTC time the frame was read
 
@@ -169,10 +188,14 @@ class LiveSource:
     - `on_status(status, error)` is called on every change of (status, error), from the
       reader thread: keep it short (store it, or hand it over); an exception in it is logged.
     - `latest()` is meant for one consumer; each frame is handed out at most once.
+    - `sample_interval_s` (None: every frame): frames are converted (or decoded, per
+      `decode`) only about this often; `latest()` and `peek()` see those. It may change
+      while the source runs (a watcher wanting more). `will_take(at)` tells the source when
+      the consumer calls `latest()` next, so the frame it gets is fresh (capture.Sampler).
     - Not restartable: make a new source after `stop()`.
 
-    Subclasses implement `_open()` (return an opened capture or raise `SourceError` with
-    the reason) and may override `_read()`.
+    Subclasses implement `_open()` (return an opened `Capture` or raise `SourceError` with
+    the reason) and may override `_grab()`.
     """
 
     kind = "live"
@@ -186,12 +209,23 @@ class LiveSource:
         backoff: Backoff | None = None,
         on_status: StatusCallback | None = None,
         name: str | None = None,
+        sample_interval_s: float | None = None,
+        decode: DecodeMode | str = DecodeMode.AUTO,
     ) -> None:
         for label, value in (("open", open_timeout_s), ("read", read_timeout_s)):
             if not (math.isfinite(value) and value > 0):
                 raise SourceError(f"{label} timeout must be a positive number of seconds")
         self.open_timeout_s = float(open_timeout_s)
         self.read_timeout_s = float(read_timeout_s)
+        try:
+            self.decode = decode_mode(decode)
+        except ValueError as error:
+            raise SourceError(str(error)) from None
+        self._sampler = Sampler(_interval(sample_interval_s))
+        self._decoding = DecodeMode.ALL  # what the open capture does (`decoding`)
+        self._grabbed = 0
+        self._sampled = 0
+        self._was_online = False  # a frame came once: coming back later is a reconnect
         self.backoff = backoff or Backoff()
         self.on_status = on_status
         self.name = name or self.describe()
@@ -215,12 +249,26 @@ class LiveSource:
         """A short, password-free description for thread names and messages."""
         return self.kind
 
-    def _open(self) -> cv2.VideoCapture:
+    def _open(self) -> Capture:
         raise NotImplementedError
 
-    def _read(self, cap: cv2.VideoCapture) -> np.ndarray | None:
-        ok, image = cap.read()
-        return image if ok and image is not None and image.size else None
+    def _grab(self, cap: Capture) -> bool:
+        """Go to the next frame; False when the stream ended, dropped or stalled."""
+        return cap.grab()
+
+    def _keyframes_wanted(self, gop_s: float | None) -> bool:
+        """Whether a PyAV capture decodes keyframes only, given the GOP it measured."""
+        if self.decode is DecodeMode.KEYFRAMES:
+            return True
+        return self.decode is DecodeMode.AUTO and keyframes_suffice(gop_s, self._sampler.interval_s)
+
+    @property
+    def _skips_decoding(self) -> bool:
+        """Whether opens go through PyAV (which can skip decoding) rather than OpenCV."""
+        return self._sampler.interval_s is not None and self.decode in (
+            DecodeMode.AUTO,
+            DecodeMode.KEYFRAMES,
+        )
 
     def _read_error(self, elapsed: float) -> str:
         if elapsed >= 0.9 * self.read_timeout_s:
@@ -246,6 +294,36 @@ class LiveSource:
     @property
     def open_attempts(self) -> int:
         return self._open_attempts
+
+    @property
+    def sample_interval_s(self) -> float | None:
+        return self._sampler.interval_s
+
+    @sample_interval_s.setter
+    def sample_interval_s(self, value: float | None) -> None:
+        # Read by the reader at its next frame; which backend reads is chosen at each open.
+        self._sampler.interval_s = _interval(value)
+
+    def will_take(self, at: float) -> None:
+        """The consumer calls `latest()` next at monotonic time `at`: have a frame then."""
+        self._sampler.take_at = at
+
+    @property
+    def decoding(self) -> str:
+        """What the reader does now: "all" (every frame decoded and converted), "grab"
+        (every frame decoded, the sampled ones converted) or "keyframes" (only keyframes
+        decoded, the sampled ones)."""
+        return self._decoding.value
+
+    @property
+    def frames_grabbed(self) -> int:
+        """Frames read since the start (across reconnects)."""
+        return self._grabbed
+
+    @property
+    def frames_sampled(self) -> int:
+        """Frames converted to images (handed to `latest`/`peek`) since the start."""
+        return self._sampled
 
     @property
     def started(self) -> bool:
@@ -362,8 +440,6 @@ class LiveSource:
                 self._cond.notify_all()
 
     def _loop(self) -> None:
-        index = 0
-        was_online = False
         while not self._stop.is_set():
             self._wait_for_open_slot()
             if self._stop.is_set():
@@ -379,41 +455,132 @@ class LiveSource:
                     return
                 self._fail(str(exc))
                 continue
-            error = ""
             try:
-                while not self._stop.is_set():
-                    started = time.monotonic()
-                    try:
-                        image = self._read(cap)
-                    except cv2.error as exc:
-                        error = f"cannot decode the stream: {exc.msg or exc}"
-                        break
-                    if image is None:
-                        error = self._read_error(time.monotonic() - started)
-                        break
-                    now = time.monotonic()
-                    frame = Frame(image, index, now - self._t0, datetime.now(UTC))
-                    index += 1
-                    with self._cond:
-                        self._slot = frame
-                        self._cond.notify_all()
-                    if self._status is not SourceStatus.ONLINE:
-                        if was_online:
-                            self._reconnects += 1
-                        was_online = True
-                        self._failures = 0
-                        self._set_status(SourceStatus.ONLINE)
+                error = self._read_from(cap)
             finally:
                 cap.release()
             if error and not self._stop.is_set():
+                if not self.retry:
+                    raise _Ended(error)
                 self._fail(error)
+
+    def _open_pyav(self, url: str, *, network: bool) -> Capture:
+        """`url` opened with PyAV (keyframes only where they suffice); OSError or
+        ValueError when it cannot be."""
+        # Imported here: only the worker's reader threads load PyAV, never the web process.
+        from detection.engine import avcapture
+
+        return avcapture.open_capture(
+            url,
+            open_timeout_s=self.open_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            keyframes_wanted=self._keyframes_wanted,
+            network=network,
+        )
+
+    def _read_from(self, cap: Capture) -> str:
+        """Read `cap` until it fails (returns why) or the source stops (returns "")."""
+        sampler = self._sampler
+        period = 1.0 / (cap.fps or ASSUMED_FPS)  # between grabs, measured as they come
+        last_grab: float | None = None
+        due_since: float | None = None  # a sample was due and no frame could serve it
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                if not self._grab(cap):
+                    return self._read_error(time.monotonic() - started)
+            except (cv2.error, DecodeError) as exc:
+                return _decode_error(exc)
+            position, self._grabbed = self._grabbed, self._grabbed + 1
+            now = time.monotonic()
+            if last_grab is not None:
+                period = min(1.0, max(0.001, 0.9 * period + 0.1 * (now - last_grab)))
+            last_grab = now
+            every = sampler.interval_s is None or self.decode is DecodeMode.ALL
+            self._note_decoding(cap, every)
+            sampler.cadence_s = cap.gop_s if cap.keyframes_only and cap.gop_s else period
+            if not every and not sampler.due(now):
+                continue  # grabbed, not converted
+            try:
+                image = cap.retrieve()
+            except (cv2.error, DecodeError) as exc:
+                return _decode_error(exc)
+            if image is None:
+                if every:  # as OpenCV's read() failing: the stream dropped
+                    return self._read_error(time.monotonic() - started)
+                # Not this frame (not decoded, or a decoder filling up): the next one; but
+                # a stream where nothing decodes for long is dropped.
+                due_since = now if due_since is None else due_since
+                if now - due_since > self._undecodable_after(cap):
+                    return f"cannot decode the stream: no frame for {now - due_since:.0f} s"
+                continue
+            due_since = None
+            done = time.monotonic()
+            sampler.cost_s = 0.8 * sampler.cost_s + 0.2 * (done - now)
+            sampler.sampled(now)
+            self._sampled += 1
+            self._publish(Frame(image, position, done - self._t0, datetime.now(UTC)))
+        return ""
+
+    def _undecodable_after(self, cap: Capture) -> float:
+        """How long a due sample may wait for a frame before the stream counts as broken:
+        with keyframes only, the next keyframe may be a long GOP away (unknown before two
+        came: corrupt keyframes then fail by their decode errors instead)."""
+        if not cap.keyframes_only:
+            return UNDECODABLE_S
+        return max(UNDECODABLE_S, 2.5 * cap.gop_s) if cap.gop_s else math.inf
+
+    def _publish(self, frame: Frame) -> None:
+        with self._cond:
+            self._slot = frame
+            self._cond.notify_all()
+        if self._status is not SourceStatus.ONLINE:
+            if self._was_online:
+                self._reconnects += 1
+            self._was_online = True
+            self._failures = 0
+            self._set_status(SourceStatus.ONLINE)
+
+    def _note_decoding(self, cap: Capture, every: bool) -> None:
+        if cap.keyframes_only:
+            decoding = DecodeMode.KEYFRAMES
+        else:
+            decoding = DecodeMode.ALL if every else DecodeMode.GRAB
+        if decoding is not self._decoding:
+            gop = f", GOP {cap.gop_s:.2f} s" if cap.gop_s else ""
+            log.info("%s: decoding %s%s", self.name, _DECODING[decoding], gop)
+            self._decoding = decoding
+
+
+_DECODING = {
+    DecodeMode.ALL: "every frame",
+    DecodeMode.GRAB: "every frame, converting only the sampled ones",
+    DecodeMode.KEYFRAMES: "keyframes only",
+}
+
+
+def _interval(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SourceError(f"a sampling interval is a number of seconds, not {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise SourceError(f"a sampling interval must be a positive number of seconds, not {value}")
+    return float(value)
+
+
+def _decode_error(exc: Exception) -> str:
+    detail = exc.msg if isinstance(exc, cv2.error) else ""
+    return f"cannot decode the stream: {detail or exc}"
 
 
 class StreamSource(LiveSource):
-    """An rtsp/rtsps/http/https stream read with OpenCV's FFmpeg backend.
+    """An rtsp/rtsps/http/https stream read with OpenCV's FFmpeg backend, or with PyAV
+    when it is sampled in `auto` or `keyframes` decode mode (PyAV can skip decoding).
 
     RTSP over UDP loses frames on busy networks; operators may set
-    OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;tcp" before starting the worker.
+    OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;tcp" before starting the worker (PyAV
+    opens honour it too).
     """
 
     kind = "stream"
@@ -436,22 +603,28 @@ class StreamSource(LiveSource):
         except AddressError as error:  # does not resolve (yet): retried with backoff
             raise SourceError(f"cannot open {self.describe()}: {error}") from None
 
-    def _open(self) -> cv2.VideoCapture:
+    def _open(self) -> Capture:
         self._check_address()
         started = time.monotonic()
-        cap = cv2.VideoCapture(
-            self.url,
-            cv2.CAP_FFMPEG,
-            [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                round(self.open_timeout_s * 1000),
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                round(self.read_timeout_s * 1000),
-            ],
-        )
-        if cap.isOpened():
-            return cap
-        cap.release()
+        if self._skips_decoding:
+            try:
+                return self._open_pyav(self.url, network=True)
+            except (OSError, ValueError) as exc:
+                log.debug("%s: PyAV cannot open it: %s", self.name, redact(str(exc)))
+        else:
+            cap = cv2.VideoCapture(
+                self.url,
+                cv2.CAP_FFMPEG,
+                [
+                    cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                    round(self.open_timeout_s * 1000),
+                    cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                    round(self.read_timeout_s * 1000),
+                ],
+            )
+            if cap.isOpened():
+                return CVCapture(cap)
+            cap.release()
         if time.monotonic() - started >= 0.9 * self.open_timeout_s:
             reason = f"no answer within {self.open_timeout_s:g} s"
         else:
@@ -473,20 +646,25 @@ class WebcamSource(LiveSource):
     def describe(self) -> str:
         return f"webcam {self.index}"
 
-    def _open(self) -> cv2.VideoCapture:
+    # No keyframes on a webcam: sampled frames are grabbed, and only the due ones converted
+    # (for an MJPEG camera, decoded).
+    _skips_decoding = False
+
+    def _open(self) -> Capture:
         cap = cv2.VideoCapture(self.index)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self.describe()}: no such device, or it is busy")
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # drivers that honour it keep no stale frames
-        return cap
+        return CVCapture(cap)
 
 
 class PacedFileSource(LiveSource):
     """A video file played at its own frame rate in real time: a simulated live camera.
 
     With `loop` it starts over at the end; without, the source ends (status offline). A
-    file that cannot be opened or decoded is final (status failed).
+    file that cannot be opened or decoded is final (status failed). Sampled, it decodes
+    less exactly as a stream does (the benchmark's cameras measure that path).
     """
 
     kind = "file"
@@ -503,33 +681,39 @@ class PacedFileSource(LiveSource):
         self.loop = loop
         self.fps = ASSUMED_FPS
         self._due = 0.0  # monotonic time the next frame is due
-        self._decoded = 0
         super().__init__(**options)
 
     def describe(self) -> str:
         return f"file {self.path.name}"
 
-    def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
-        if not cap.isOpened():
-            cap.release()
-            raise SourceError(f"{self.path}: cannot be opened as a video")
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else ASSUMED_FPS
+    def _open(self) -> Capture:
+        cap: Capture
+        if self._skips_decoding:
+            try:
+                cap = self._open_pyav(str(self.path), network=False)
+            except (OSError, ValueError):
+                raise SourceError(f"{self.path}: cannot be opened as a video") from None
+        else:
+            opened = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+            if not opened.isOpened():
+                opened.release()
+                raise SourceError(f"{self.path}: cannot be opened as a video")
+            cap = CVCapture(opened)
+        self.fps = cap.fps or ASSUMED_FPS
         self._due = time.monotonic()
         return cap
 
-    def _read(self, cap: cv2.VideoCapture) -> np.ndarray | None:
-        image = super()._read(cap)
-        if image is None and self.loop and self._decoded and cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-            image = super()._read(cap)
-        if image is None:
-            raise _Ended("" if self._decoded else f"{self.path}: no frame could be decoded")
-        self._decoded += 1
+    def _grab(self, cap: Capture) -> bool:
+        grabbed = cap.grab()
+        # Loop only a file that gave a frame: an undecodable one would spin.
+        if not grabbed and self.loop and self.frames_sampled and cap.rewind():
+            grabbed = cap.grab()
+        if not grabbed:
+            raise _Ended("" if self.frames_sampled else f"{self.path}: no frame could be decoded")
         # Frame k is due at start + k / fps: sleeping to a schedule does not drift.
         self._stop.wait(max(0.0, self._due - time.monotonic()))
         self._due = max(self._due + 1.0 / self.fps, time.monotonic() - 1.0)
-        return None if self._stop.is_set() else image
+        return not self._stop.is_set()
 
 
 def open_source(

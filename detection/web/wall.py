@@ -87,7 +87,7 @@ def shown_error(analysis: Analysis, camera: Camera) -> str:
     """A failed analysis's reason, with any credentials of its camera's URL hidden."""
     if analysis.status != Analysis.Status.FAILED or not analysis.error_message:
         return ""
-    return redact_text(analysis.error_message, camera.source)
+    return redact_text(analysis.error_message, *camera.urls)
 
 
 def decorate(cameras: Iterable[Camera]) -> list[Camera]:

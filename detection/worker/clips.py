@@ -215,6 +215,12 @@ class ClipMaker:
         if self._pending:
             self.reap()
 
+    def recording(self, analysis_id: int) -> bool:
+        """Whether a live job records a clip now (its source then samples at LIVE_FPS at
+        least; before an incident, the pre-roll has the frames sampled for scoring)."""
+        clips = self.live.get(analysis_id)
+        return clips is not None and bool(clips.recordings)
+
     def _file_incident(self, analysis: Analysis, source: Path, incident: Incident) -> None:
         if incident.is_open or incident.pk in self._submitted:
             return

@@ -165,6 +165,9 @@ class Worker:
         # How a live camera's frames are read: the engine's sources, or (benchmark, tests) a
         # stand-in such as a video file paced in real time.
         self.open_source = open_source or sources.open_source
+        # Decoding less (issue 16): how live sources skip the frames nobody samples. Read
+        # once, so a bad DETECTION_DECODE stops the worker at start, not at its first camera.
+        self.decode = conf.decode_mode()
         self.jobs: dict[int, Job] = {}
         # Scored but not stored yet (in order): kept across a database outage.
         self.unstored: list[tuple[Job, list[ScoredItem]]] = []
@@ -241,6 +244,7 @@ class Worker:
         self.camera_status_step()
         self.pictures.step(self.jobs)
         self.clips.step(self.jobs)
+        self.sampling_step()
         self.pruning.step()
         webhooks.step()  # record finished attempts, start retries that are due (issue 15)
         return did
@@ -349,6 +353,8 @@ class Worker:
         for job in list(self.jobs.values()):
             if isinstance(job, LiveJob) and not job.done and job.ticker.due(now):
                 job.ticker.advance(now)
+                # So the source converts a frame just before the next ask (decoding less).
+                job.source.will_take(job.ticker.next_due)
                 item = self._live_frame(job)
                 if item is not None:
                     pending.append(item)
@@ -498,6 +504,21 @@ class Worker:
             else:
                 self._complete(job)
         return bool(finished)
+
+    def sampling_step(self) -> None:
+        """How often each live source converts a frame (decoding less, issue 16): at its
+        analysis's sampling rate, or more often while a page shows its live picture or an
+        incident clip records (both take the source's newest frames, 4 a second)."""
+        for job in self.jobs.values():
+            if not isinstance(job, LiveJob):
+                continue
+            interval = 1.0 / job.analysis.sampling_fps
+            if self.pictures.watched(job.pk):
+                interval = min(interval, preview.INTERVAL_S)
+            if self.clips.recording(job.pk):
+                interval = min(interval, 1.0 / clips.LIVE_FPS)
+            if job.source.sample_interval_s != interval:
+                job.source.sample_interval_s = interval
 
     def camera_status_step(self) -> None:
         for job in self.jobs.values():
@@ -687,7 +708,16 @@ class Worker:
     def _start_live(self, analysis: Analysis, detector: Detector, recorder: Recorder) -> LiveJob:
         camera = analysis.camera
         last = FrameScore.objects.filter(analysis=analysis).order_by("-frame_index").first()
-        source = self.open_source(camera.kind, camera.source, **self.source_options)
+        # Scores come from the camera's detect stream when it has one (a low-resolution
+        # sub-stream, as NVRs use for detection); `source` stays the one operators watch.
+        url = camera.detect_source if camera.kind == Camera.Kind.STREAM else ""
+        options = {
+            # Converted (or decoded) only as often as scored: sampling_step adjusts it.
+            "sample_interval_s": 1.0 / analysis.sampling_fps,
+            "decode": self.decode,
+            **self.source_options,
+        }
+        source = self.open_source(camera.kind, url or camera.source, **options)
         source.start()
         gate = (
             MotionGate(rescore_interval_s=analysis.rescore_interval_s)

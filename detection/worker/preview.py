@@ -171,6 +171,12 @@ class LivePictures:
             written += 1
         return written
 
+    def watched(self, analysis_id: int) -> bool:
+        """Whether a page shows this job's live picture now (its source then samples at
+        least every `interval_s`: detection.worker.loop, decoding less)."""
+        camera = self.cameras.get(analysis_id)
+        return camera is not None and camera.watched
+
     def next_due(self) -> float | None:
         """When a watched camera's next picture is due (monotonic), None when none is watched."""
         due = [c.next_due for c in self.cameras.values() if c.watched]

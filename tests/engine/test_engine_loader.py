@@ -4,14 +4,22 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 
 import open_clip
 import pytest
 import torch
 
 from detection.engine import ModelLoadError, ModelSpec, load_model
+from detection.engine import device as device_module
 from detection.engine import loader as loader_module
-from detection.engine.device import cpu_bf16_is_faster, resolve_device, resolve_precision
+from detection.engine.device import (
+    MEASURE,
+    cpu_bf16_is_faster,
+    probe_cpu_precision,
+    resolve_device,
+    resolve_precision,
+)
 from tests.support import ROOT
 
 
@@ -146,10 +154,163 @@ def test_it_resolves_devices():
 
 def test_it_picks_precision_by_device_and_processor():
     assert resolve_precision("auto", "cuda") == "fp16"
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_bf16_is_faster() else "fp32")
+    # On a CPU with native bf16, auto waits for the model's own probe.
+    assert resolve_precision("auto", "cpu") == (MEASURE if cpu_bf16_is_faster() else "fp32")
     assert resolve_precision("fp32", "cuda") == "fp32"
     with pytest.raises(ModelLoadError, match="unknown precision"):
         resolve_precision("int4", "cpu")
+
+
+# --- auto on a CPU: the model's own image encoder decides --------------------------------------
+
+
+@pytest.fixture
+def probes(monkeypatch):
+    """A CPU with native bf16 (the matmul pre-filter passes) and no probe cached yet."""
+    monkeypatch.setattr(device_module, "cpu_bf16_is_faster", lambda: True)
+    device_module.forget_probes()
+    yield
+    device_module.forget_probes()
+    loader_module.clear_cache()
+
+
+def fake_timer(fp32_s: float, bf16_s: float, calls: list[torch.dtype] | None = None):
+    """Stands in for the timing only: each encoder still runs once, in the dtype given."""
+
+    def timer(runs, budget_s):
+        with torch.inference_mode():
+            for encoder, pixels in runs:
+                encoder(pixels)
+        if calls is not None:
+            calls.extend(pixels.dtype for _, pixels in runs)
+        return [fp32_s if pixels.dtype == torch.float32 else bf16_s for _, pixels in runs]
+
+    return timer
+
+
+def small_convnet() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+
+
+def test_it_picks_bf16_when_the_encoder_runs_faster_in_it(probes, caplog):
+    encoder = small_convnet()
+    with caplog.at_level(logging.INFO, logger="detection.engine.device"):
+        probe = probe_cpu_precision("fast-in-bf16", encoder, (16, 16), timer=fake_timer(0.5, 0.2))
+
+    assert (probe.precision, probe.fp32_s, probe.bf16_s) == ("bf16", 0.5, 0.2)
+    assert "fast-in-bf16" in caplog.text and "fp32 500.0 ms, bf16 200.0 ms" in caplog.text
+    assert "-> bf16" in caplog.text
+    assert resolve_precision("auto", "cpu", "fast-in-bf16") == "bf16"
+
+
+def test_it_keeps_fp32_when_a_convolutional_encoder_is_slower_in_bf16(probes):
+    encoder = small_convnet()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+
+    probe = probe_cpu_precision("slow-in-bf16", encoder, (16, 16), timer=fake_timer(0.2, 0.5))
+
+    assert probe.precision == "fp32"
+    assert resolve_precision("auto", "cpu", "slow-in-bf16") == "fp32"
+    # bf16 was timed on a copy: the model itself was never rounded through bf16.
+    after = encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in after)
+
+
+def test_it_wants_a_gain_beyond_the_noise_before_taking_bf16(probes):
+    probe = probe_cpu_precision("a-wash", small_convnet(), (16, 16), timer=fake_timer(0.2, 0.195))
+    assert probe.precision == "fp32"
+
+
+def test_it_times_a_close_call_twice(probes):
+    calls: list[torch.dtype] = []
+    timer = fake_timer(0.2, 0.19, calls)
+    probe_cpu_precision("close", small_convnet(), (16, 16), timer=timer)
+    assert calls == [torch.float32, torch.bfloat16] * 2
+
+
+def test_it_probes_each_model_once_per_process(probes):
+    calls: list[torch.dtype] = []
+    first = probe_cpu_precision("once", small_convnet(), (16, 16), timer=fake_timer(1, 0.1, calls))
+    again = probe_cpu_precision("once", small_convnet(), (16, 16), timer=fake_timer(0.1, 1, calls))
+
+    assert again is first and again.precision == "bf16"
+    assert calls == [torch.float32, torch.bfloat16]
+
+
+def test_it_times_nothing_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(device_module, "cpu_bf16_is_faster", lambda: False)
+    device_module.forget_probes()
+    calls: list[torch.dtype] = []
+    try:
+        probe = probe_cpu_precision(
+            "old-cpu", small_convnet(), (16, 16), timer=fake_timer(1, 0, calls)
+        )
+        assert probe.precision == "fp32" and calls == []
+        assert resolve_precision("auto", "cpu", "old-cpu") == "fp32"
+    finally:
+        device_module.forget_probes()
+
+
+def test_it_bounds_the_real_timing_of_the_encoders():
+    calls: list[str] = []
+    first, second = small_convnet(), small_convnet()
+    first.register_forward_hook(lambda *args: calls.append("first"))
+    second.register_forward_hook(lambda *args: calls.append("second"))
+    pixels = torch.randn(2, 3, 16, 16)
+
+    best = device_module.time_encoders([(first, pixels), (second, pixels)], budget_s=10.0)
+
+    assert all(0 < b < 10 for b in best)
+    # Warm-up, then rounds in turns: a burst of load slows both alike.
+    assert calls == ["first", "second"] * (1 + device_module.PROBE_MAX_ROUNDS)
+
+    calls.clear()
+    slow = torch.nn.Sequential(first, SleepFor(0.05))
+    device_module.time_encoders([(slow, pixels)], budget_s=0.12)
+    # The warm-up and the fewest timed rounds, though the budget ran out after the first.
+    assert len(calls) == 1 + device_module.PROBE_MIN_ROUNDS
+
+
+def test_it_sizes_the_probe_batch_to_the_model(monkeypatch):
+    one = torch.randn(1, 3, 16, 16)
+    slow = SleepFor(device_module.PROBE_CALL_S * 1.2)
+    assert device_module.probe_batch(slow, one) == 1
+    # A fast model gets the largest batch (a generous target: a busy machine stays green).
+    monkeypatch.setattr(device_module, "PROBE_CALL_S", 10.0)
+    assert device_module.probe_batch(small_convnet(), one) == device_module.PROBE_MAX_BATCH
+
+
+class SleepFor(torch.nn.Module):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
+
+
+def test_it_loads_auto_on_a_cpu_at_the_precision_its_probe_chose(tiny_model, probes, monkeypatch):
+    calls: list[torch.dtype] = []
+    monkeypatch.setattr(device_module, "time_encoders", fake_timer(0.3, 0.1, calls))
+    spec = spec_for(tiny_model, precision="auto")
+
+    loaded = load_model(spec)
+
+    assert loaded.precision == "bf16" and loaded.dtype == torch.bfloat16
+    assert loaded.model.visual.conv1.weight.dtype == torch.bfloat16
+    # Cached: the next auto load (and an explicit bf16 one) is the same model, not re-timed.
+    assert load_model(spec) is loaded
+    assert load_model(spec_for(tiny_model, precision="bf16")) is loaded
+    assert calls == [torch.float32, torch.bfloat16]
+
+
+def test_it_probes_the_real_tiny_model_quickly(tiny_model, probes):
+    started = time.perf_counter()
+    loaded = load_model(spec_for(tiny_model, precision="auto"))
+    assert loaded.precision in ("fp32", "bf16")
+    assert device_module.measured_cpu_precision("tiny-clip") == loaded.precision
+    assert time.perf_counter() - started < 10
 
 
 # The hub's own stderr handler, and what route_hub_logs_through_root does with it, in a fresh

@@ -90,3 +90,40 @@ def write_tampered_video(
         writer.write(covered(frame) if start <= t < end else frame)
     writer.release()
     return path
+
+
+def frame_level(n: int) -> int:
+    """The grey level of frame `n` in `write_h264`'s clips: a decoded frame's median is
+    within 5 of its own level and 8 or more from its neighbours'."""
+    return 20 + (n * 13) % 210
+
+
+def write_h264(
+    path: Path,
+    seconds: float = 3.0,
+    fps: int = 25,
+    gop: int = 25,
+    size: tuple[int, int] = (320, 240),
+    bframes: int = 0,
+) -> Path:
+    """An H.264 clip (PyAV's libx264; OpenCV cannot write H.264 here) with a keyframe every
+    `gop` frames exactly (no scene-cut keyframes), frame n a flat grey of `frame_level(n)`
+    with its number on it."""
+    import av  # the worker's dependency; imported here so other tests never load it
+
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {
+            "preset": "veryfast",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}",
+        }
+        for n in range(round(seconds * fps)):
+            image = np.full((height, width, 3), frame_level(n), np.uint8)
+            cv2.putText(image, str(n), (8, height - 12), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0,) * 3, 2)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
