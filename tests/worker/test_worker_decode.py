@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -154,3 +155,49 @@ def test_it_stops_at_start_on_a_bad_decode_variable(tmp_path):
     assert "DETECTION_DECODE='often' is invalid: expected one of all, auto, grab, keyframes" in (
         result.stderr
     )
+
+
+class LateFrames(PacedFileSource):
+    """A camera whose frame lands just after each of the worker's asks: the first ask of
+    every cycle finds nothing new (as a keyframe a GOP apart does, half the time, when the
+    GOP equals the sampling interval). Records how long each frame came after that ask."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused_at: float | None = None
+        self.gaps: list[float] = []
+
+    def latest(self, timeout: float = 0.0):
+        now = time.monotonic()
+        if self.refused_at is None:
+            self.refused_at = now
+            return None
+        frame = super().latest(timeout)
+        if frame is not None:
+            self.gaps.append(now - self.refused_at)
+            self.refused_at = None
+        return frame
+
+
+@pytest.mark.slow
+def test_it_asks_again_within_the_tick_when_the_frame_lands_just_after_it(make_video):
+    clip = make_video("late.avi", frames=50, fps=25.0)
+    camera = CameraFactory(kind="webcam", source="0")
+    analysis = AnalysisFactory(
+        camera=camera, status="queued", sampling_fps=1.0, motion_gating=False
+    )
+    made: list[LateFrames] = []
+
+    def late(kind, source, **options):
+        made.append(LateFrames(clip, loop=True, **options))
+        return made[-1]
+
+    worker = Worker(publisher=NullPublisher(), poll_seconds=0.1, open_source=late)
+    try:
+        run_until(worker, lambda: analysis.scores.count() >= 4, timeout=30.0)
+    finally:
+        worker.shutdown()
+    (source,) = made
+    # Asked again 50 ms later, not at the next tick a whole interval (1 s) on: no sample lost.
+    assert len(source.gaps) >= 4
+    assert max(source.gaps) < 0.5, source.gaps
