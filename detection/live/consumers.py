@@ -6,6 +6,10 @@ publishes. The database is the record and the layer is best effort: a client tha
 messages (it sees a score whose `previous` is not the last index it holds, or it
 reconnects) asks for what it missed with `after` and receives exactly that.
 
+Fan-out: a process subscribes once per analysis (_Hub: one channel of its own in the
+group) and hands each message to the inbox of every local socket of it, so the worker sends
+one message per process rather than per socket, and the JSON text is encoded once.
+
 Faults: when the channel layer (Redis) or the database fails under an open socket, the
 socket is closed with CLOSE_UNAVAILABLE, so the page reconnects once they are back rather
 than sitting on a dead subscription. Every RECHECK_SECONDS the socket also rejoins its group
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from importlib import import_module
 from typing import Any
@@ -91,6 +96,12 @@ REQUESTS_PER_SECOND = 2.0
 # (0.6 MB) = ~8 MiB; unbounded, 2,000 unread resyncs grew daphne by 390-700 MB.
 SNAPSHOT_BUDGET_BYTES = 4 * 1024 * 1024
 SNAPSHOT_REFILL_BYTES_PER_SECOND = 64 * 1024
+# Group messages waiting in one socket's inbox (see _Hub); more are dropped.
+INBOX_CAPACITY = 1000
+# How old the stored state a re-check compares may be (shared by a process's sockets).
+STATE_MAX_AGE = 1.0
+# Where _relay keeps a group message's JSON text, encoded once for all the local sockets.
+ENCODED = "_encoded"
 
 
 def _unavailable_errors() -> tuple[type[Exception], ...]:
@@ -109,6 +120,11 @@ def _unavailable_errors() -> tuple[type[Exception], ...]:
 UNAVAILABLE_ERRORS = _unavailable_errors()
 
 SCORE_FIELDS = FrameScore.SCORE_FIELDS
+# Group messages from the publisher ("analysis.<kind>") and the handler that relays each.
+RELAYS = {
+    f"analysis.{kind}": f"analysis_{kind}"
+    for kind in ("score", "status", "progress", "incident", "frame")
+}
 
 
 def snapshot(user: Any, analysis_id: int, after: int | None) -> dict[str, Any] | None:
@@ -267,6 +283,129 @@ class TokenBucket:
         self.tokens -= amount
 
 
+class _Hub:
+    """One subscription to an analysis's group per process, fanned out to its sockets here.
+
+    Every socket of a page used to join the group on the layer itself, so the worker sent
+    each message once per socket and daphne pulled each copy from the layer one by one: at
+    1,000 viewers (2,000 sockets, a score and a frame notice a second each) that was most
+    of the work of every process. Now the first socket of an analysis in a process joins a
+    channel of its own to the group and the messages it receives are put in the inbox of
+    every local socket, where the socket's own loop relays them exactly as before.
+
+    Best effort, as the layer is: an inbox holds at most INBOX_CAPACITY messages (the page
+    sees the gap and resyncs). A layer error while receiving closes every local socket of
+    the analysis with CLOSE_UNAVAILABLE, as it closed each one before; the next socket
+    subscribes afresh. The re-check's rejoin (`refresh`) rejoins the hub's channel, at most
+    once per half period whatever the number of sockets.
+    """
+
+    hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, str], _Hub]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, layer: Any, group: str, key: tuple[int, str]) -> None:
+        self.layer = layer
+        self.group = group
+        self.key = key
+        self.members: set[AnalysisConsumer] = set()
+        self.channel = ""
+        self.joined_at = 0.0
+        self.subscribed = asyncio.ensure_future(self._subscribe())
+        self.pump: asyncio.Task[None] | None = None
+        self.closing: asyncio.Future[None] | None = None
+        self.state_read: asyncio.Future[tuple[int | None, str] | None] | None = None
+        self.state_read_at = 0.0
+
+    @classmethod
+    async def join(cls, consumer: AnalysisConsumer, group: str) -> _Hub:
+        loop = asyncio.get_running_loop()
+        hubs = cls.hubs.setdefault(loop, {})
+        key = (id(consumer.channel_layer), group)
+        hub = hubs.get(key)
+        if hub is None:
+            hub = hubs[key] = cls(consumer.channel_layer, group, key)
+        hub.members.add(consumer)
+        try:
+            await asyncio.shield(hub.subscribed)
+        except BaseException:
+            hub.members.discard(consumer)
+            subscribed = hub.subscribed
+            if not subscribed.done() or subscribed.cancelled() or subscribed.exception():
+                hub._forget()  # failed (or nobody waits for it): the next socket starts anew
+            elif not hub.members:
+                hub.closing = asyncio.ensure_future(hub.close())  # it was cancelled, alone
+            raise
+        return hub
+
+    async def _subscribe(self) -> None:
+        self.channel = await self.layer.new_channel()
+        await self.layer.group_add(self.group, self.channel)
+        self.joined_at = time.monotonic()
+        self.pump = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                message = await self.layer.receive(self.channel)
+                for member in list(self.members):
+                    member._deliver(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (handed to each socket, which decides)
+            # Every local socket of the analysis learns it from its own inbox.
+            self._forget()
+            for member in list(self.members):
+                member._deliver(exc)
+
+    async def refresh(self) -> None:
+        """Idempotent; restores a membership that a restarted Redis forgot or that
+        channels_redis expired (group_expiry), which would otherwise go silent."""
+        if time.monotonic() - self.joined_at < RECHECK_SECONDS / 2:
+            return
+        self.joined_at = time.monotonic()
+        await self.layer.group_add(self.group, self.channel)
+
+    async def stored_state(self, analysis_id: int) -> tuple[int | None, str] | None:
+        """`stored_state`, read at most once a second for all the local sockets (each
+        re-check compares it with what was stored a whole period before)."""
+        if self.state_read is None or (
+            self.state_read.done() and time.monotonic() - self.state_read_at > STATE_MAX_AGE
+        ):
+            self.state_read_at = time.monotonic()
+            self.state_read = asyncio.ensure_future(
+                database_sync_to_async(stored_state)(analysis_id)
+            )
+        read = self.state_read
+        try:
+            return await asyncio.shield(read)
+        except Exception:
+            if self.state_read is read:
+                self.state_read = None  # a failure is not kept: the next socket reads again
+            raise
+
+    async def leave(self, consumer: AnalysisConsumer) -> None:
+        self.members.discard(consumer)
+        if not self.members:
+            await self.close()
+
+    async def close(self) -> None:
+        """Unsubscribe (the last local socket left). Raises what the layer raises."""
+        self._forget()
+        if self.pump is not None:
+            self.pump.cancel()
+        if self.channel:
+            channel, self.channel = self.channel, ""
+            await self.layer.group_discard(self.group, channel)
+
+    def _forget(self) -> None:
+        hubs = self.hubs.get(asyncio.get_running_loop(), {})
+        if hubs.get(self.key) is self:
+            del hubs[self.key]
+        if not self.members and not self.subscribed.done():
+            self.subscribed.cancel()
+
+
 class AnalysisConsumer(AsyncJsonWebsocketConsumer):
     analysis_id: int
     user: Any = None  # the socket's user, as last checked
@@ -279,6 +418,37 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
     # What this socket has told the page: the newest frame index and the status.
     sent_index: int | None = None
     sent_status: str | None = None
+    hub: _Hub | None = None  # what relays the group's messages to this socket's inbox
+    _inbox: asyncio.Queue[Any] | None = None
+
+    # channels receives from the layer on the socket's own channel; this socket receives
+    # from its inbox instead, which its analysis's _Hub fills (the channel name stays).
+    @property
+    def channel_receive(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        return self._receive_inbox
+
+    @channel_receive.setter
+    def channel_receive(self, value: Any) -> None:
+        pass
+
+    async def _receive_inbox(self) -> dict[str, Any]:
+        if self._inbox is None:
+            self._inbox = asyncio.Queue(INBOX_CAPACITY)
+        item = await self._inbox.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _deliver(self, item: Any) -> None:
+        if self._inbox is None:
+            self._inbox = asyncio.Queue(INBOX_CAPACITY)
+        if isinstance(item, BaseException):
+            # A failed layer: make room, so the socket sees it next.
+            while self._inbox.full():
+                self._inbox.get_nowait()
+        elif self._inbox.full():
+            return  # dropped, as a full layer drops; the page resyncs on the gap
+        self._inbox.put_nowait(item)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -323,7 +493,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         # before the join would be lost without a trace when nothing follows it (the end of
         # a run). What arrives meanwhile is relayed after the snapshot; pages drop repeats.
         self.group = group_name(self.analysis_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.hub = await _Hub.join(self, self.group)
         message = await database_sync_to_async(snapshot)(user, self.analysis_id, after)
         if message is None:  # deleted (or hidden) in the meantime
             await self._close(CLOSE_NOT_FOUND)
@@ -362,10 +532,11 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
 
     async def _leave_group(self) -> None:
         group, self.group = self.group, ""
-        if not group:
+        hub, self.hub = self.hub, None
+        if not group or hub is None:
             return
         try:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await hub.leave(self)
         except UNAVAILABLE_ERRORS as exc:
             # The membership expires with the layer's group expiry (or went with Redis).
             log.info("socket left analysis %s without the layer: %s", self.analysis_id, exc)
@@ -378,6 +549,21 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             # none could coalesce. Receiving touches no database (the answer is read in a
             # task, through database_sync_to_async, which closes them itself).
             await self.websocket_receive(message)
+            return
+        relay = RELAYS.get(message["type"])
+        if relay is not None:
+            # The same for what the worker publishes: relaying touches no database, and
+            # that hop, per message and socket, queued every score of every socket behind
+            # the one database thread (each re-check and snapshot read): at 1,000 viewers
+            # (2,000 sockets, 4,000 messages a second) it was most of daphne's work and
+            # latency (docs/performance.md, "1,000 viewers").
+            await getattr(self, relay)(message)
+            return
+        if message["type"] == "websocket.connect":
+            # And for the handshake: connecting reads through database_sync_to_async only
+            # (which closes stale connections itself); the extra hop made a handshake wait
+            # behind every re-check queued in that thread.
+            await self.websocket_connect(message)
             return
         await super().dispatch(message)
 
@@ -484,8 +670,12 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             self.user = user  # later snapshots see its current groups and flags
             # Idempotent; restores a membership that a restarted Redis forgot or that
             # channels_redis expired (group_expiry), which would otherwise go silent.
-            await self.channel_layer.group_add(self.group, self.channel_name)
-            now = await database_sync_to_async(stored_state)(self.analysis_id)
+            if self.hub is not None:
+                await self.hub.refresh()
+            if self.hub is not None:
+                now = await self.hub.stored_state(self.analysis_id)
+            else:
+                now = await database_sync_to_async(stored_state)(self.analysis_id)
             if before is not None and now is not None:
                 await self._announce_missed(before, now)
             before = now
@@ -534,14 +724,18 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.wait({self.answering})
         if not self.group:
             return  # refused meanwhile; a late message must not leak
-        payload = {k: v for k, v in event.items() if k != "type"}
-        if kind == "score" and isinstance(payload.get("frame_index"), int):
-            self.sent_index = max(self.sent_index or -1, payload["frame_index"])
-        elif kind == "status" and isinstance(payload.get("status"), str):
-            self.sent_status = payload["status"]
-            if payload.get("reset"):
+        if kind == "score" and isinstance(event.get("frame_index"), int):
+            self.sent_index = max(self.sent_index or -1, event["frame_index"])
+        elif kind == "status" and isinstance(event.get("status"), str):
+            self.sent_status = event["status"]
+            if event.get("reset"):
                 self.sent_index = None  # the stored series was replaced (a re-run)
-        await self.send_json({"type": kind, **payload})
+        # The hub hands every local socket the same message: the first one encodes it.
+        text = event.get(ENCODED)
+        if text is None:
+            payload = {k: v for k, v in event.items() if k not in ("type", ENCODED)}
+            text = event[ENCODED] = await self.encode_json({"type": kind, **payload})
+        await self.send(text_data=text)
 
     async def analysis_score(self, event: dict[str, Any]) -> None:
         await self._relay("score", event)

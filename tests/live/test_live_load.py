@@ -24,26 +24,32 @@ import asyncio
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
 from django.contrib.auth.models import User
 from django.db import connections
 
+from bench.viewers import (
+    JoinFailed,
+    SocketWatch,
+    daphne,
+    process,
+    raise_open_files,
+    socket_report,
+    tally,
+    watch_the_window,
+)
 from detection.live.consumers import MAX_RESYNC
 from detection.models import Analysis, FrameScore
 from tests.support import ROOT
 from tests.support.factories import AnalysisFactory, CameraFactory, GroupFactory, UserFactory
-from tests.support.live import full_resync_analysis, watch
+from tests.support.live import full_resync_analysis
 from tests.support.processes import cpu_seconds, manage, rss_kib, tail
 from tests.support.services import REDIS_URL
 from tests.support.sessions import session_cookie
@@ -70,92 +76,20 @@ REFUSED = {1009, 1006}
 # --- processes -------------------------------------------------------------------------
 
 
-@contextmanager
-def process(command: list[str], env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """A child process that is always stopped: SIGTERM, then SIGKILL after 30 s."""
-    with log.open("w") as out:
-        child = subprocess.Popen(
-            command, env=dict(env), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out
-        )
-        try:
-            yield child
-        finally:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    child.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait(timeout=10)
-
-
-def daphne(port: int, *options: str) -> list[str]:
-    """The documented production command line, on loopback."""
-    return [
-        sys.executable,
-        "-m",
-        "daphne",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        *options,
-        "portal.asgi:application",
-    ]
-
-
 @pytest.fixture
 def many_open_files() -> Iterator[None]:
     """Room for 200 client sockets here and 200 server sockets in daphne (inherited)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    soft, hard = raise_open_files(4096)
     try:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
 # --- 200 viewers -------------------------------------------------------------------------
-
-
-class Viewer:
-    """`watch`'s stop condition for one client, which also notes what it got and when.
-
-    `watch` calls it after every message (and every idle second). The first time the held
-    scores are non-empty, the snapshot has arrived: the client passed the access check and
-    is in the analysis's group. It returns True (ending `watch`) once the client holds
-    every score in `target`, which the test sets when the window closes.
-    """
-
-    target: set[int] | None = None  # shared by all viewers
-
-    def __init__(self) -> None:
-        self.ready = asyncio.Event()
-        self.initial: set[int] = set()  # indices the first snapshot held
-        self.scores: dict[int, dict[str, Any]] = {}  # watch's own dict, to explain a failure
-
-    def __call__(self, scores: dict[int, dict[str, Any]]) -> bool:
-        self.scores = scores
-        if scores and not self.ready.is_set():
-            self.initial = set(scores)
-            self.ready.set()
-        return Viewer.target is not None and Viewer.target <= scores.keys()
-
-
-@dataclass
-class LoadRun:
-    results: list[Any]  # per viewer: watch's (scores, latencies), or the exception
-    join_s: float  # from the first viewer's connect to the last one's snapshot
-    cpu_s: dict[str, float]  # CPU seconds per process during the window
-    window_s: float
+# The clients are bench/viewers.py's (`python -m bench.viewers` runs 1,000 viewers, each
+# with two sockets, on several daphnes behind nginx): `watch_the_window` connects them and
+# `socket_report` / `tally` say what each held and how fast.
 
 
 def stored_scores(analysis_id: int) -> list[tuple[int, float]]:
@@ -188,51 +122,9 @@ def channel_layer(tmp_path: Path, env: dict[str, str]) -> tuple[str, dict[str, s
     return "embedded (channels-lite, SQLite)", layer
 
 
-async def watch_the_window(
-    url: str,
-    origin: str,
-    cookies: list[str],
-    viewers: list[Viewer],
-    analysis_id: int,
-    pids: dict[str, int],
-    first_score_at: float,
-) -> LoadRun:
-    """Connect every viewer, let them watch until WINDOW_S after the first score, then
-    until each holds every score stored by then (at most CATCH_UP_S more)."""
-    started = time.monotonic()
-    tasks = []
-    for cookie, viewer in zip(cookies, viewers, strict=True):
-        limit = 60 + WINDOW_S + CATCH_UP_S  # watch's own bound; the test ends sooner
-        tasks.append(asyncio.create_task(watch(url, cookie, origin, viewer, limit)))
-        # Viewers arrive over a few seconds, not in one burst: daphne drops a handshake
-        # that its application has not accepted within 5 s.
-        await asyncio.sleep(RAMP_S / len(cookies))
-    joined = asyncio.create_task(
-        asyncio.wait_for(asyncio.gather(*(v.ready.wait() for v in viewers)), timeout=60)
-    )
-    await asyncio.wait([*tasks, joined], return_when=asyncio.FIRST_COMPLETED)
-    failed = [t for t in tasks if t.done()]
-    assert joined.done() and not joined.exception() and not failed, (
-        f"{sum(v.ready.is_set() for v in viewers)} of {len(viewers)} viewers got their "
-        f"snapshot, {len(failed)} failed: {[repr(t.exception()) for t in failed][:3]}"
-    )
-    join_s = time.monotonic() - started
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    watching = time.monotonic()
-    await asyncio.wait(tasks, timeout=max(0.0, first_score_at + WINDOW_S - watching))
-    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-    window_s = time.monotonic() - watching
-    Viewer.target = {i for i, _ in await asyncio.to_thread(stored_scores, analysis_id)}
-    await asyncio.wait(tasks, timeout=CATCH_UP_S)
-    for task in tasks:
-        task.cancel()  # the ones left behind: they end as CancelledError
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    return LoadRun(results, join_s, cpu, window_s)
-
-
-def behind(viewer: Viewer, expected: set[int]) -> str:
-    missing = sorted(expected - viewer.scores.keys())
-    return f"holds {len(viewer.scores)}, misses {len(missing)} from {missing[:1]}"
+def behind(watch: SocketWatch, expected: set[int]) -> str:
+    missing = sorted(expected - watch.scores.keys())
+    return f"holds {len(watch.scores)}, misses {len(missing)} from {missing[:1]}"
 
 
 @pytest.mark.usefixtures("many_open_files")
@@ -243,10 +135,9 @@ def test_it_delivers_every_score_to_200_viewers_of_a_live_camera(tmp_path, subpr
     users = User.objects.bulk_create(User(username=f"viewer{i}") for i in range(VIEWERS))
     wall.user_set.add(*users)
     cookies = [session_cookie(u) for u in users]
-    viewers = [Viewer() for _ in cookies]
-    Viewer.target = None
     port = free_port()
     worker_log = tmp_path / "worker.log"
+    cpu: dict[str, float] = {}
 
     with MJPEGServer(fps=5) as camera_server:
         camera = CameraFactory(kind="stream", source=camera_server.url, viewer_groups=[wall])
@@ -263,61 +154,68 @@ def test_it_delivers_every_score_to_200_viewers_of_a_live_camera(tmp_path, subpr
             # Viewers join a running analysis, so every snapshot holds at least one score:
             # that is how a viewer shows it passed the access check and joined the group.
             wait_for_first_score(analysis.pk, worker, worker_log)
-            run = asyncio.run(
-                watch_the_window(
-                    f"ws://127.0.0.1:{port}/ws/analyses/{analysis.pk}/",
-                    f"http://127.0.0.1:{port}",
-                    cookies,
-                    viewers,
-                    analysis.pk,
-                    {"daphne": server.pid, "worker": worker.pid, "clients": os.getpid()},
-                    first_score_at=time.monotonic(),
+            first_score_at = time.monotonic()
+            pids = {"daphne": server.pid, "worker": worker.pid, "clients": os.getpid()}
+
+            async def joined() -> None:
+                cpu.update({name: -cpu_seconds(pid) for name, pid in pids.items()})
+                cpu["window_s"] = -time.monotonic()
+
+            async def window_closed() -> set[int]:
+                # The viewers watch until WINDOW_S after the first score; then each must
+                # hold every score stored by then (at most CATCH_UP_S more).
+                await asyncio.sleep(max(0.0, first_score_at + WINDOW_S - time.monotonic()))
+                for name, pid in pids.items():
+                    cpu[name] += cpu_seconds(pid)
+                cpu["window_s"] += time.monotonic()
+                return {i for i, _ in await asyncio.to_thread(stored_scores, analysis.pk)}
+
+            try:
+                run = asyncio.run(
+                    watch_the_window(
+                        [(f"ws://127.0.0.1:{port}/ws/analyses/{analysis.pk}/", c) for c in cookies],
+                        f"http://127.0.0.1:{port}",
+                        ramp_s=RAMP_S,
+                        joined=joined,
+                        target=window_closed,
+                        catch_up_s=CATCH_UP_S,
+                    )
                 )
-            )
+            except JoinFailed as exc:
+                pytest.fail(str(exc))
             assert worker.poll() is None, f"run_detector died:\n{tail(worker_log)}"
             assert server.poll() is None, f"daphne died:\n{tail(tmp_path / 'daphne.log')}"
 
-    window = Viewer.target or set()
+    window = SocketWatch.target or set()
     expected = [(i, s) for i, s in stored_scores(analysis.pk) if i in window]
     assert len(expected) >= WINDOW_S * 0.8, f"only {len(expected)} scores in {WINDOW_S:.0f} s"
-    # No viewer was disconnected or left behind.
+    reports = [socket_report(w, r, expected) for w, r in zip(run.watches, run.results, strict=True)]
+    # No viewer was disconnected or left behind; every score of the window is held with its
+    # stored value, live or by resync.
     failed = {
-        n: f"{r!r}, {behind(viewers[n], window)}"
-        for n, r in enumerate(run.results)
-        if isinstance(r, BaseException)
+        n: f"{r['failed']}, {behind(run.watches[n], window)}"
+        for n, r in enumerate(reports)
+        if r["failed"] or not r["held_all"]
     }
     assert not failed, f"{len(failed)} of {VIEWERS} viewers failed: {list(failed.items())[:3]}"
-    latencies: list[float] = []
-    live = due = 0
-    resynced = {"at join": 0, "later": 0}
-    for viewer, (scores, delivered) in zip(viewers, run.results, strict=True):
-        # Every score of the window, with its stored value: live or by resync.
-        held = [(i, scores[i]["score"]) for i, _ in expected]
-        assert held == [(i, pytest.approx(s)) for i, s in expected]
-        latencies += delivered
-        # A score held without `published_at` came from a snapshot; past the first
-        # snapshot, from one that answered a resync. Missing the very first score after
-        # joining is the join race (the snapshot is read before the group is joined).
-        after_join = sorted(window - viewer.initial)
-        resent = [i for i in after_join if "published_at" not in scores[i]]
-        live += len(after_join) - len(resent)
-        due += len(after_join)
-        if resent:
-            resynced["at join" if resent[0] == after_join[0] else "later"] += 1
-    p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
+    summary = tally(reports)
+    latency = summary["latency_ms"]
+    window_s = cpu.pop("window_s")
     print(
         f"\n{VIEWERS} viewers, {layer_name} layer, {len(expected)} scores stored in "
-        f"{WINDOW_S:.0f} s, viewers joined in {run.join_s:.1f} s; {live} of {due} scores "
-        f"held from live messages, viewers resynced: {resynced}; score-to-socket latency "
-        f"over {len(latencies)} deliveries p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-        f"p99 {p99 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms; CPU over "
-        f"{run.window_s:.0f} s: "
-        + ", ".join(f"{k} {v / run.window_s:.0%}" for k, v in run.cpu_s.items())
+        f"{WINDOW_S:.0f} s, viewers joined in {run.join_s:.1f} s; {summary['held_live']} of "
+        f"{summary['due_after_join']} scores held from live messages, viewers resynced: "
+        f"{summary['resyncs']}; score-to-socket latency over {summary['deliveries']} "
+        f"deliveries p50 {latency['p50']:.0f} ms, p95 {latency['p95']:.0f} ms, p99 "
+        f"{latency['p99']:.0f} ms, max {latency['max']:.0f} ms; CPU over {window_s:.0f} s: "
+        + ", ".join(f"{k} {v / window_s:.0%}" for k, v in cpu.items())
         + f"; load average {os.getloadavg()[0]:.1f}"
     )
-    assert live >= due * 0.9, "most scores should arrive live, not by resync"
+    assert summary["held_live"] >= summary["due_after_join"] * 0.9, (
+        "most scores should arrive live, not by resync"
+    )
     # Generous: on 2 shared cores a second is already a sluggish page.
-    assert p50 < 1.0
+    assert latency["p50"] < 1000
 
 
 # --- messages over 1 MiB ----------------------------------------------------------------

@@ -27,10 +27,13 @@ NODE = shutil.which("node")
 
 
 async def watch(url: str, cookie: str, origin: str, stop_when, timeout: float = 60):
-    """Collect score messages until `stop_when(messages)`; resync on a gap, as the page does."""
+    """Collect score messages until `stop_when(messages)`; resync on a gap, as the page does
+    (static/js/live.js): one request, then none until its reply; a score already held or
+    older than the newest held is no gap."""
     scores: dict[int, dict] = {}
     latencies: list[float] = []
     last = None
+    resyncing = False
     async with websockets.connect(
         url, additional_headers={"Cookie": cookie}, origin=origin, open_timeout=10
     ) as ws:
@@ -41,13 +44,17 @@ async def watch(url: str, cookie: str, origin: str, stop_when, timeout: float = 
             except TimeoutError:
                 continue
             if message["type"] == "snapshot":
+                resyncing = False
                 for s in message["scores"]:
                     scores[s["frame_index"]] = s
                 last = max(scores, default=last)
             elif message["type"] == "score":
                 if "published_at" in message:  # not on a tail relayed by the 15 s re-check
                     latencies.append(time.time() - message["published_at"])
-                if message["previous"] != last and last is not None:
+                previous = message["previous"]
+                gap = last is not None and previous is not None and previous > last
+                if gap and not resyncing:
+                    resyncing = True
                     await ws.send(json.dumps({"type": "resync", "after": last}))
                 scores[message["frame_index"]] = message
                 last = max(last or 0, message["frame_index"])
