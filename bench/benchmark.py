@@ -32,6 +32,7 @@ was tuned: docs/performance.md.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -722,6 +723,10 @@ def run_benchmark(
     modes = _measure_modes(
         video, normal, anomaly, sampling_fps, spec, batch_size, max(repeats, 3), log, learn_s
     )
+    # The prototype's fp32 copy is done with: freed, the live workers' RSS is closer to a
+    # worker's own (the project's model stays loaded: the workers share it).
+    del proto
+    gc.collect()
     live = _measure_live(
         video,
         cameras,
@@ -980,63 +985,31 @@ def throughput_benchmark(
         "the engine's own path (one decoder thread, score_video)",
         lambda: engine_run(loaded, video, fps, batch_size),
     )
-    report["decode_only"] = [
-        attempt(
-            f"decoding alone, {n} decoder processes",
-            lambda n=n: pipeline_run(
-                loaded,
-                video,
-                fps,
-                decoders=n,
-                batch_size=batch_size,
-                loops=loops,
-                decode_only=True,
-            ),
-        )
-        for n in decoders
-    ]
-    report["pipeline"] = [
-        attempt(
-            f"end to end, {n} decoder processes, batch {batch_size}",
-            lambda n=n: pipeline_run(
-                loaded, video, fps, decoders=n, batch_size=batch_size, loops=loops
-            ),
-        )
-        for n in decoders
-    ]
+
+    def pipelines(label: str, **options: Any) -> list[Any]:
+        """`pipeline_run` once per decoder count, each attempt reported on its own."""
+        return [
+            attempt(
+                label.format(n=n),
+                lambda n=n: pipeline_run(
+                    loaded, video, fps, decoders=n, batch_size=batch_size, loops=loops, **options
+                ),
+            )
+            for n in decoders
+        ]
+
+    report["decode_only"] = pipelines("decoding alone, {n} decoder processes", decode_only=True)
+    report["pipeline"] = pipelines(f"end to end, {{n}} decoder processes, batch {batch_size}")
     if fit_on_device:
         # Issue 16, item 4: the same pipeline with the resize moved onto the device.
-        report["decode_only_fit_on_device"] = [
-            attempt(
-                f"decoding and cropping alone, {n} decoder processes (resize on the device)",
-                lambda n=n: pipeline_run(
-                    loaded,
-                    video,
-                    fps,
-                    decoders=n,
-                    batch_size=batch_size,
-                    loops=loops,
-                    decode_only=True,
-                    fit_on_device=True,
-                ),
-            )
-            for n in decoders
-        ]
-        report["pipeline_fit_on_device"] = [
-            attempt(
-                f"end to end, {n} decoder processes, resize on the device",
-                lambda n=n: pipeline_run(
-                    loaded,
-                    video,
-                    fps,
-                    decoders=n,
-                    batch_size=batch_size,
-                    loops=loops,
-                    fit_on_device=True,
-                ),
-            )
-            for n in decoders
-        ]
+        report["decode_only_fit_on_device"] = pipelines(
+            "decoding and cropping alone, {n} decoder processes (resize on the device)",
+            decode_only=True,
+            fit_on_device=True,
+        )
+        report["pipeline_fit_on_device"] = pipelines(
+            "end to end, {n} decoder processes, resize on the device", fit_on_device=True
+        )
     best = max(
         (p.get("fps", 0.0) for p in report["pipeline"] + report.get("pipeline_fit_on_device", [])),
         default=0.0,
