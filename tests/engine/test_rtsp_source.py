@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from detection.engine.netpolicy import camera_policy
-from detection.engine.sources import Backoff, SourceError, SourceStatus, StreamSource
+from detection.engine.sources import Backoff, LiveSource, SourceError, SourceStatus, StreamSource
 from detection.engine.video import is_black
 from tests.support.media import write_video
 from tests.support.rtsp import LOOPBACK, MAIN, SUB, RtspServer
+from tests.support.sources import Recorder
 from tests.support.waiting import wait_until
 
 # A real server and FFmpeg's RTSP probing (~1.2 s per open): a few seconds per test.
@@ -22,28 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 POLL = 0.01
 FAST = Backoff(initial_s=0.1, cap_s=0.5, jitter=0.0, max_failures=50, max_opens=100, per_s=1.0)
-
-
-class Recorder:
-    """An `on_status` callback that remembers every change."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[SourceStatus, str]] = []
-
-    def __call__(self, status: SourceStatus, error: str) -> None:
-        self.events.append((status, error))
-
-    @property
-    def statuses(self) -> list[SourceStatus]:
-        return [s for s, _ in self.events]
-
-
-@pytest.fixture
-def sources() -> Iterator[list[StreamSource]]:
-    made: list[StreamSource] = []
-    yield made
-    for source in made:
-        source.stop()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +39,7 @@ def own_camera() -> Iterator[RtspServer]:
         yield server
 
 
-def stream(sources: list[StreamSource], url: str, **options) -> StreamSource:
+def stream(sources: list[LiveSource], url: str, **options) -> StreamSource:
     # FFmpeg's default transport (RTP over UDP, control over TCP) is kept: on loopback no
     # packet is lost, and a dead server closes the control connection, which FFmpeg notices
     # at once; OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;tcp" changed no timing here.

@@ -23,6 +23,7 @@ from detection.engine.sources import (
     open_source,
     redact,
 )
+from tests.support.sources import Recorder
 from tests.support.streams import MJPEGServer, StalledServer, free_port
 from tests.support.waiting import wait_until
 
@@ -30,29 +31,6 @@ pytestmark = pytest.mark.timeout(30)
 
 POLL = 0.01  # sources change state within milliseconds: look often
 FAST = Backoff(initial_s=0.05, cap_s=0.2, jitter=0.0, max_failures=3, max_opens=100, per_s=1.0)
-
-
-class Recorder:
-    """An `on_status` callback that remembers every change."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[SourceStatus, str]] = []
-
-    def __call__(self, status: SourceStatus, error: str) -> None:
-        self.events.append((status, error))
-
-    @property
-    def statuses(self) -> list[SourceStatus]:
-        return [s for s, _ in self.events]
-
-
-@pytest.fixture
-def sources() -> Iterator[list[LiveSource]]:
-    """Sources made by a test; stopped afterwards even if the test fails."""
-    made: list[LiveSource] = []
-    yield made
-    for source in made:
-        source.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from detection.engine.sources import (
     StreamSource,
 )
 from tests.support.media import frame_level, write_h264, write_video
+from tests.support.sources import Recorder
 from tests.support.streams import MJPEGServer, StalledServer
 from tests.support.waiting import wait_until
 
@@ -35,15 +35,6 @@ pytestmark = pytest.mark.timeout(60)
 POLL = 0.01
 FAST = Backoff(initial_s=0.05, cap_s=0.2, jitter=0.0, max_failures=3, max_opens=100, per_s=1.0)
 FPS = 25
-
-
-@pytest.fixture
-def sources() -> Iterator[list[LiveSource]]:
-    """Sources made by a test; stopped afterwards even if the test fails."""
-    made: list[LiveSource] = []
-    yield made
-    for source in made:
-        source.stop()
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +104,14 @@ def test_it_hands_out_frames_no_older_than_the_interval_without_announced_asks(t
 
 
 def test_it_decodes_only_the_keyframes_of_a_one_second_gop_and_ends_offline(gop_clip, sources):
-    statuses: list[SourceStatus] = []
+    recorder = Recorder()
     source = paced(
         sources,
         gop_clip,
         loop=False,
         sample_interval_s=1.0,
         decode="keyframes",
-        on_status=lambda status, error: statuses.append(status),
+        on_status=recorder,
     ).start()
     frames: list[Frame] = []
     while source.running:
@@ -135,7 +126,7 @@ def test_it_decodes_only_the_keyframes_of_a_one_second_gop_and_ends_offline(gop_
     assert source.decoding == "keyframes"
     assert source.frames_grabbed == 100 and source.frames_sampled == 4
     # The file ended: offline without an error (a file that never decoded would be failed).
-    assert statuses == [SourceStatus.ONLINE, SourceStatus.OFFLINE]
+    assert recorder.statuses == [SourceStatus.ONLINE, SourceStatus.OFFLINE]
     assert source.last_error == "" and not source.running
 
 

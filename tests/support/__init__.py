@@ -12,7 +12,9 @@
 - `streams`: local camera doubles (MJPEG over HTTP, a server that stalls), free ports.
 - `rtsp`: a real RTSP camera (gst-rtsp-server in a subprocess: rtsp_server.py).
 - `live`: clients of the live socket (a resyncing watcher, static/js/live.js under Node).
-- `worker`: a publisher that records, file analyses, the indices a run stores.
+- `worker`: a publisher that records, file analyses, the indices a run stores, fast live
+  source options and `run_until` (ticking a worker until a condition holds).
+- `sources`: a status callback that records, for live frame sources.
 - `dns`: name resolution answered from a table.
 - `chat`: a local OpenAI-compatible chat-completions server (the prompt assistant).
 """

@@ -12,7 +12,7 @@ import time
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from detection.engine.sources import Backoff, PacedFileSource
+from detection.engine.sources import PacedFileSource
 from detection.frames import watch_marker_path
 from detection.live.publisher import NullPublisher
 from detection.worker import clips, preview
@@ -22,23 +22,9 @@ from tests.support.factories import AnalysisFactory, CameraFactory, IncidentFact
 from tests.support.processes import SETTINGS_PREFIXES
 from tests.support.rtsp import SUB, RtspServer
 from tests.support.streams import MJPEGServer
-from tests.support.waiting import wait_until
+from tests.support.worker import FAST, run_until
 
 pytestmark = [pytest.mark.usefixtures("tiny_settings"), pytest.mark.django_db]
-
-FAST = {
-    "open_timeout_s": 2.0,
-    "read_timeout_s": 1.0,
-    "backoff": Backoff(initial_s=0.1, cap_s=0.5, jitter=0.0, max_failures=50, max_opens=100),
-}
-
-
-def run_until(worker: Worker, condition, timeout: float = 20.0) -> None:
-    def ticked() -> bool:
-        worker.tick()
-        return condition()
-
-    wait_until(ticked, timeout, "the condition, ticking the worker", every=0.02)
 
 
 @pytest.mark.slow

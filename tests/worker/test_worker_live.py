@@ -15,26 +15,10 @@ from detection.models import Analysis
 from detection.worker.loop import Worker
 from tests.support.factories import AnalysisFactory, CameraFactory
 from tests.support.streams import MJPEGServer
-from tests.support.waiting import wait_until
+from tests.support.worker import FAST, run_until
 
 # Real-time streams: each test watches a camera for a second or two.
 pytestmark = [pytest.mark.usefixtures("tiny_settings"), pytest.mark.django_db, pytest.mark.slow]
-
-FAST = {
-    "open_timeout_s": 2.0,
-    "read_timeout_s": 1.0,
-    "backoff": Backoff(initial_s=0.1, cap_s=0.5, jitter=0.0, max_failures=50, max_opens=100),
-}
-
-
-def run_until(worker: Worker, condition, timeout: float = 20.0) -> None:
-    """Run the worker one tick at a time until `condition` holds."""
-
-    def ticked() -> bool:
-        worker.tick()
-        return condition()
-
-    wait_until(ticked, timeout, "the condition, ticking the worker", every=0.02)
 
 
 def camera_status(camera: Camera) -> str:
