@@ -132,18 +132,19 @@ class Sampler:
         return 1.5 * self.cadence_s + 2 * self.cost_s + 0.01
 
     def due_at(self) -> float:
+        """When the next frame should be converted (monotonic; -inf: every frame)."""
         if self.interval_s is None:
             return -math.inf
-        slack = min(0.1 * self.interval_s, self.cadence_s)
-        fallback = self.last + self.interval_s - slack
-        take_at = self.take_at
-        if take_at is None:
-            return fallback
-        wanted = take_at - self.lead()
-        # Sooner than the fallback, or not much later: one sample serves both (a consumer
-        # asking every interval keeps the samples in step with itself). Much later (the
-        # interval was shortened for a watcher): the fallback goes first.
-        return wanted if wanted <= self.last + 1.5 * self.interval_s else fallback
+        # On its own: an interval after the last sample, less a little slack.
+        regular = self.last + self.interval_s - min(0.1 * self.interval_s, self.cadence_s)
+        if self.take_at is None:
+            return regular
+        # Told when the consumer asks next: just before then, so its frame is fresh. One
+        # sample serves both when that is sooner or not much later (a consumer asking every
+        # interval keeps the samples in step with itself); a much later ask (the interval
+        # was shortened for a watcher) does not hold back the regular sample.
+        wanted = self.take_at - self.lead()
+        return wanted if wanted <= self.last + 1.5 * self.interval_s else regular
 
     def due(self, now: float) -> bool:
         return now >= self.due_at()

@@ -66,10 +66,6 @@ log = logging.getLogger(__name__)
 Status = Analysis.Status
 POLL_SECONDS = 2.0
 MAX_JOBS = 16
-# A live tick that finds no new frame asks again every RETRY_S for RETRY_WINDOW of an
-# interval (gather_step): frames that come once an interval may land just after the tick.
-RETRY_S = 0.05
-RETRY_WINDOW = 0.5
 # Waits between attempts while the database is unreachable: 0.5, 1, 2, 4, 8, 10, 10, ... s.
 DB_RETRY_FIRST_S = 0.5
 DB_RETRY_MAX_S = 10.0
@@ -132,7 +128,6 @@ class LiveJob(Job):
     gate: MotionGate | None = None
     ticker: Ticker = field(default_factory=lambda: Ticker(1.0, 0.0))
     next_index: int = 0
-    retry_of: float | None = None  # the tick a retry belongs to (monotonic), see gather_step
     camera_status: str = ""
     camera_reconnects: int = 0  # the reconnect count last stored on the camera
     last_frame_saved: float = 0.0
@@ -357,21 +352,12 @@ class Worker:
         now = time.monotonic()
         for job in list(self.jobs.values()):
             if isinstance(job, LiveJob) and not job.done and job.ticker.due(now):
-                tick = job.retry_of if job.retry_of is not None else job.ticker.next_due
                 job.ticker.advance(now)
                 # So the source converts a frame just before the next ask (decoding less).
                 job.source.will_take(job.ticker.next_due)
                 frame = job.source.latest(0)
-                job.retry_of = None
                 if frame is None:
-                    # No new frame yet. Where frames come once an interval (keyframes only,
-                    # a GOP as long as the interval), one lands just after the tick as often
-                    # as just before: waiting a whole interval would lose that sample. Ask
-                    # again shortly, for half an interval; the schedule then follows the
-                    # frames' own phase. A camera that is down gets the next tick as before.
-                    if now - tick < RETRY_WINDOW * job.ticker.interval:
-                        job.retry_of = tick
-                        job.ticker.next_due = now + min(RETRY_S, job.ticker.interval / 10)
+                    job.ticker.missed(now)  # it may land just after the tick: ask again soon
                     continue
                 item = self._live_frame(job, frame)
                 if item is not None:
