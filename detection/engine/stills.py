@@ -29,13 +29,23 @@ JPEG_QUALITY = 80
 MAX_SEQUENTIAL_FRAMES = 3000
 
 
+def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` at `size` (width, height), for showing. Area averaging where it shrinks a lot
+    (no aliasing); bilinear for small steps, where OpenCV's area path costs 5x more (4.8 ms
+    vs 0.8 ms for 768x576 to 640x480: the worker does this for every scored live frame)
+    for no visible gain."""
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    heavy = image.shape[1] >= 2 * size[0]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if heavy else cv2.INTER_LINEAR)
+
+
 def fit_width(image: np.ndarray, max_width: int = MAX_WIDTH) -> np.ndarray:
     """`image` scaled down (never up) to at most `max_width` pixels wide."""
     height, width = image.shape[:2]
     if width <= max_width:
         return image
-    size = (max_width, max(1, round(height * max_width / width)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return resize_to(image, (max_width, max(1, round(height * max_width / width))))
 
 
 def jpeg(image: np.ndarray, max_width: int = MAX_WIDTH, quality: int = JPEG_QUALITY) -> bytes:

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from detection.engine.incidents import IncidentEvent, IncidentTracker, OpenIncident, Smoother
 from detection.engine.scoring import Box
+from detection.engine.stills import fit_width
 from detection.frames import latest_frame_path, write_atomic
 from detection.live import messages
 from detection.live.publisher import Publisher
@@ -70,10 +71,9 @@ def thumbnail_jpeg(image: np.ndarray, box: Box | None) -> bytes:
     if box is not None:
         thickness = max(2, frame.shape[1] // 200)
         cv2.rectangle(frame, (box.x0, box.y0), (box.x1 - 1, box.y1 - 1), (0, 0, 255), thickness)
-    if frame.shape[1] > THUMBNAIL_WIDTH:
-        height = round(frame.shape[0] * THUMBNAIL_WIDTH / frame.shape[1])
-        frame = cv2.resize(frame, (THUMBNAIL_WIDTH, height), interpolation=cv2.INTER_AREA)
-    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    ok, data = cv2.imencode(
+        ".jpg", fit_width(frame, THUMBNAIL_WIDTH), [cv2.IMWRITE_JPEG_QUALITY, 85]
+    )
     return data.tobytes() if ok else b""
 
 
