@@ -5,7 +5,9 @@ clip."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -238,6 +240,38 @@ def test_it_keeps_a_bounded_pre_roll_and_starts_a_clip_from_it(media):
     assert not clips.recordings
     _, width, _, duration = probe(incident_clip_path(incident.pk))
     assert width == 640 and duration == pytest.approx(55.0 - 42.0, abs=0.5)
+
+
+def test_it_compresses_the_pre_roll_off_the_scoring_loop(media, monkeypatch):
+    from detection.worker import clips as clips_module
+
+    compress = clips_module._ring_jpeg
+    threads: set[str] = set()
+
+    def slow(image):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        return compress(image)
+
+    monkeypatch.setattr(clips_module, "_ring_jpeg", slow)
+    analysis = AnalysisFactory(sampling_fps=1.0, incident_open_frames=3)
+    with ThreadPoolExecutor(1, thread_name_prefix="clip-ring") as encoder:
+        clips = LiveClips(analysis, encoder=encoder)
+        frame = scene(720, 1280)
+        longest = 0.0
+        for i in range(40):  # 10 s at 4 frames/s
+            started = time.monotonic()
+            clips.frame(frame, i / 4)
+            longest = max(longest, time.monotonic() - started)
+            time.sleep(0.06)  # the encoder keeps up, as at 4 frames/s
+        incident = IncidentFactory(analysis=analysis, start_time_s=9.0, end_time_s=None)
+        clips.incident(incident)
+        recording = clips.recordings[incident.pk]
+    # The loop never waited for a compression; the clip still starts 5 s before.
+    assert longest < 0.04, longest
+    assert threads and all(name.startswith("clip-ring") for name in threads)
+    assert recording.writer.first_s == pytest.approx(9.0 - CLIP_PRE_S, abs=0.25)
+    recording.writer.abort()
 
 
 def test_it_caps_the_ring_whatever_the_settings(media):
