@@ -280,6 +280,7 @@ class Worker:
             for job in list(self.jobs.values()):
                 self.jobs.pop(job.pk).close()
         self.clips.shutdown()  # live clips end here; file clips under way are finished
+        self.pictures.close()  # the scored frames queued for the rings are written
         try:
             webhooks.drain()  # attempts under way are recorded, not left claimed
         except TRANSIENT_DB_ERRORS as exc:

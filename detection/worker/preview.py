@@ -24,6 +24,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Collection, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ RING_SECONDS = 600.0  # the last 10 minutes of scored frames
 RING_MAX = 1200
 RING_WIDTH = 480
 RING_QUALITY = 70
+RING_MAX_QUEUED = 64  # stored batches waiting for the ring's writer thread
 
 
 def ring_capacity(sampling_fps: float) -> int:
@@ -100,6 +102,13 @@ class FrameRing:
             (self.folder / f"{self.kept.popleft()}.jpg").unlink(missing_ok=True)
 
 
+def _keep(ring: FrameRing, items: list[Any]) -> None:
+    try:
+        ring.add(items)
+    except Exception:  # a bug, a frame OpenCV refuses: said, and the next batch tries again
+        log.warning("cannot keep scored frames in %s", ring.folder, exc_info=True)
+
+
 @dataclass
 class _Camera:
     analysis_id: int
@@ -119,6 +128,12 @@ class LivePictures:
     interval_s: float = INTERVAL_S
     watch_s: float = WATCH_S
     cameras: dict[int, _Camera] = field(default_factory=dict)
+    # The rings are written by one thread of their own: compressing a scored frame costs
+    # ~1-2 ms, paid for every live camera, on the loop that feeds the model otherwise. A
+    # click on the chart for a frame stored a moment ago may find it a moment later.
+    _writer: ThreadPoolExecutor | None = None
+    _queued: list[Future[None]] = field(default_factory=list)
+    _behind: bool = False
 
     def start(self, analysis_id: int, source: Any, sampling_fps: float, next_index: int) -> None:
         ring = FrameRing(analysis_id, ring_capacity(sampling_fps))
@@ -133,8 +148,25 @@ class LivePictures:
 
     def stored(self, analysis_id: int, items: list[Any]) -> None:
         camera = self.cameras.get(analysis_id)
-        if camera is not None:
-            camera.ring.add(items)
+        if camera is None:
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="frame-ring")
+        self._queued = [f for f in self._queued if not f.done()]
+        if len(self._queued) >= RING_MAX_QUEUED:
+            if not self._behind:  # said once per stretch, not once per frame
+                log.warning("the frame rings' writer is behind: scored frames are not kept")
+            self._behind = True
+            return
+        self._behind = False
+        self._queued.append(self._writer.submit(_keep, camera.ring, list(items)))
+
+    def close(self) -> None:
+        """Write what is queued for the rings (the worker stops)."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        self._queued.clear()
 
     def step(self, active: Collection[int], now: float | None = None) -> int:
         """Write the pictures that are due; returns how many were written. Jobs no longer

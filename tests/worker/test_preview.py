@@ -4,7 +4,9 @@ loop, the tiny model and a video file paced in real time standing in for a camer
 from __future__ import annotations
 
 import os
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +16,7 @@ from detection.live.publisher import NullPublisher
 from detection.worker import preview
 from detection.worker.loop import Worker
 from tests.support.factories import AnalysisFactory, CameraFactory
+from tests.support.media import scene
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.usefixtures("tiny_settings", "media"), pytest.mark.django_db]
@@ -118,6 +121,24 @@ def test_it_keeps_a_bounded_ring_of_scored_frames_and_forgets_another_runs(make_
     cameras = preview.LivePictures()
     cameras.start(analysis.pk, source=None, sampling_fps=4.0, next_index=0)
     assert not list(ring.glob("*.jpg"))
+
+
+def test_it_writes_the_ring_in_a_thread_of_its_own(media, monkeypatch):
+    threads: list[str] = []
+    compress = preview.jpeg
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return compress(*args, **kwargs)
+
+    monkeypatch.setattr(preview, "jpeg", recording)
+    pictures = preview.LivePictures()
+    pictures.start(7, source=None, sampling_fps=1.0, next_index=0)
+    items = [SimpleNamespace(frame_index=i, image=scene(120, 160, t=i), box=None) for i in range(3)]
+    pictures.stored(7, items)
+    pictures.close()  # as the worker stops: what was queued is written
+    assert sorted(int(p.stem) for p in frame_ring_dir(7).glob("*.jpg")) == [0, 1, 2]
+    assert threads and all(name.startswith("frame-ring") for name in threads), threads
 
 
 def test_it_keeps_ring_frames_a_resumed_run_still_has(media):
