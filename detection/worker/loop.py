@@ -281,6 +281,9 @@ class Worker:
                 self.jobs.pop(job.pk).close()
         self.clips.shutdown()  # live clips end here; file clips under way are finished
         self.pictures.close()  # the scored frames queued for the rings are written
+        flush = getattr(self.publisher, "flush", None)
+        if flush is not None:
+            flush()  # the last messages (statuses) reach the pages
         try:
             webhooks.drain()  # attempts under way are recorded, not left claimed
         except TRANSIENT_DB_ERRORS as exc:

@@ -149,7 +149,9 @@ def test_it_counts_messages_the_publisher_drops(monkeypatch):
     publisher = ChannelPublisher()
 
     publisher.publish(1, "score", {"score": 0.5})  # fails: counted, then paused
+    assert publisher.flush(5)  # sent (and failed) by the publisher's own task
     publisher.publish(1, "score", {"score": 0.6})  # dropped during the pause
+    assert publisher.flush(5)
 
     assert value("clipwatch_publish_dropped_total") - before == 2
 

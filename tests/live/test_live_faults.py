@@ -30,6 +30,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -584,7 +585,7 @@ def test_it_keeps_scoring_through_a_redis_outage_and_pages_catch_up(tmp_path, ma
 
 
 @pytest.mark.slow  # waits out the publisher's timeout twice
-def test_it_bounds_publishing_to_a_hung_redis_then_drops_until_a_retry(settings, caplog):
+def test_it_never_waits_for_a_hung_redis_and_drops_until_a_retry(settings, caplog):
     # A Redis that accepts connections and never answers (stopped, or a black hole).
     with StalledServer() as hung:
         settings.CHANNEL_LAYERS = {
@@ -594,24 +595,54 @@ def test_it_bounds_publishing_to_a_hung_redis_then_drops_until_a_retry(settings,
             }
         }
         publisher = ChannelPublisher()
+        calls: list[float] = []
+
+        def publish(index: int) -> None:
+            started = time.monotonic()
+            publisher.publish(1, "score", {"frame_index": index})
+            calls.append(time.monotonic() - started)
+
         with caplog.at_level("WARNING", logger="detection.live.publisher"):
+            for i in range(101):  # the first send hangs; the rest wait behind it
+                publish(i)
             started = time.monotonic()
-            publisher.publish(1, "score", {"frame_index": 0})
+            assert publisher.flush(ChannelPublisher.TIMEOUT + 5)
             first = time.monotonic() - started
-            started = time.monotonic()
-            for i in range(1, 101):  # within the pause: dropped without trying
-                publisher.publish(1, "score", {"frame_index": i})
-            paused = time.monotonic() - started
             time.sleep(ChannelPublisher.RETRY_AFTER)
+            publish(101)  # tried again (in the sending task), times out again
             started = time.monotonic()
-            publisher.publish(1, "score", {"frame_index": 101})  # tries again, times out again
+            assert publisher.flush(ChannelPublisher.TIMEOUT + 5)
             second = time.monotonic() - started
-    assert ChannelPublisher.TIMEOUT <= first < ChannelPublisher.TIMEOUT + 2
-    assert paused < 0.2
-    assert ChannelPublisher.TIMEOUT <= second < ChannelPublisher.TIMEOUT + 2
+    # The worker's thread never waited for Redis: each publish only queued its message.
+    assert max(calls) < 0.25, max(calls)
+    # One attempt timed out, then the 100 messages behind it were dropped without trying
+    # (not 101 timeouts); after the pause, one more attempt.
+    assert 0.8 * ChannelPublisher.TIMEOUT <= first < ChannelPublisher.TIMEOUT + 2
+    assert 0.8 * ChannelPublisher.TIMEOUT <= second < ChannelPublisher.TIMEOUT + 2
+    assert publisher._dropped == 102
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1, failures  # rate-limited: one line, not one per score
     assert "retrying in 0.5 s" in failures[0] and "TimeoutError" in failures[0]
+
+
+def test_it_drops_what_exceeds_its_queue_and_says_so_when_it_resumes(monkeypatch, caplog):
+    publisher = ChannelPublisher()
+    publisher.MAX_QUEUED = 5
+    gate = threading.Event()
+    send = ChannelPublisher._send
+
+    async def slow(self, layer, group, message):
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 5)
+        await send(self, layer, group, message)
+
+    monkeypatch.setattr(ChannelPublisher, "_send", slow)
+    monkeypatch.setattr("detection.live.publisher._own_loop_fits", lambda layer: True)
+    for i in range(20):
+        publisher.publish(1, "score", {"frame_index": i})
+    gate.set()
+    assert publisher.flush(5)
+    # At most MAX_QUEUED wait (the one being sent left the queue): the rest were dropped.
+    assert 20 - 1 - publisher.MAX_QUEUED <= publisher._dropped <= 20 - publisher.MAX_QUEUED
 
 
 @pytest.mark.slow
@@ -636,6 +667,7 @@ def test_it_publishes_from_plain_sync_code_over_one_redis_connection(tmp_path, s
         for i in range(100):
             publisher.publish(7, "score", {"frame_index": i})
         per_message = (time.monotonic() - started) / 100
+        assert publisher.flush(10)
         stats = subprocess.run(
             ["redis-cli", "-p", str(redis.port), "INFO", "stats"],
             capture_output=True,
@@ -668,10 +700,12 @@ def test_it_says_when_publishing_resumes_and_what_was_dropped(monkeypatch, caplo
     with caplog.at_level("WARNING", logger="detection.live.publisher"):
         for i in range(3):
             publisher.publish(1, "score", {"frame_index": i})  # 1 failure, 2 dropped
+        assert publisher.flush(5)
         time.sleep(0.06)
         outage["on"] = False
         publisher.publish(1, "score", {"frame_index": 3})
         publisher.publish(1, "score", {"frame_index": 4})
+        assert publisher.flush(5)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
     assert "failed" in messages[0] and "Connection refused" in messages[0]
