@@ -99,6 +99,24 @@ def keep_freed_memory() -> bool:
     return tuned
 
 
+def release_freed_memory() -> bool:
+    """Hand the memory freed so far back to the kernel (glibc's `malloc_trim`).
+
+    `keep_freed_memory` keeps up to 1 GiB of freed memory for reuse, which is right for
+    activations but also kept what loading freed: the fp32 weights after the cast to bf16
+    and the precision probe's copy (ViT-B-32: a worker's RSS 1,749 MiB after loading,
+    1,113 MiB once trimmed). Called once a model is loaded. A no-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    return bool(trim(0))
+
+
 @functools.cache
 def cpu_isa() -> str:
     """The CPU's best bf16 matrix instruction set: 'amx', 'avx512_bf16' or 'none'."""

@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from .device import DTYPES, MEASURE, probe_cpu_precision, resolve_device, resolve_precision
+from .device import (
+    DTYPES,
+    MEASURE,
+    probe_cpu_precision,
+    release_freed_memory,
+    resolve_device,
+    resolve_precision,
+)
 from .errors import ModelLoadError
 from .modelspec import (
     checkpoint_preprocessing,
@@ -203,6 +210,8 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
         # for inference on GPU.
         model.to(dtype)
     model.requires_grad_(False)
+    if device == "cpu":
+        release_freed_memory()  # the fp32 weights a cast or the probe left behind
 
     context_length = getattr(tokenizer, "context_length", None) or getattr(
         model, "context_length", 77

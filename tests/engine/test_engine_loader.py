@@ -91,6 +91,30 @@ def test_it_casts_the_whole_model_for_bf16(tiny_model):
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
 
 
+def test_it_hands_back_what_loading_freed(tiny_model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(loader_module, "release_freed_memory", lambda: calls.append(1))
+    load_model(spec_for(tiny_model, precision="bf16"))
+    assert calls == [1]  # once the fp32 weights were cast away
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_it_returns_freed_memory_the_allocator_kept_to_the_kernel():
+    def rss_mib() -> float:
+        with open("/proc/self/status") as status:
+            line = next(x for x in status if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+    device_module.keep_freed_memory()  # as a worker: freed memory is kept for reuse
+    # Many mid-sized blocks, as a model's weights are: freed, they stay in the heap.
+    blocks = [torch.ones(256, 1024) for _ in range(400)]  # 400 MiB
+    held = rss_mib()
+    del blocks
+    kept = rss_mib()
+    assert device_module.release_freed_memory()
+    assert kept - rss_mib() > 200, (held, kept, rss_mib())
+
+
 def test_it_names_an_unknown_architecture(tiny_model):
     with pytest.raises(ModelLoadError, match=r"'ViT-B-61' is not a model open_clip can build"):
         load_model(spec_for(tiny_model, name="ViT-B-61"))
