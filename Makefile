@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev,redis,postgres]'
+	$(BIN)/pip install -e '.[dev,redis,postgres,gpu]'
 	touch $(STAMP)
 
 # Everything, as CI runs it (.ci/run); the services it needs are in README, "Development".
