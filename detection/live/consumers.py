@@ -19,8 +19,10 @@ the end of a run, when no later score would reveal the gap) are announced then. 
 re-check closes the socket (4403) once its session no longer authenticates its user, the
 way `django.contrib.auth.get_user` decides: logged out, user deleted or deactivated,
 password changed (the session's auth hash, SECRET_KEY_FALLBACKS included), or access to
-the analysis revoked. A re-check that fails unexpectedly is logged and closes the socket
-(1011): it never dies silently, leaving the socket open for ever.
+the analysis revoked. The sockets of a process whose re-checks fall due within
+RECHECK_BATCH_SECONDS are checked together, in one database hop (_AccessBatch). A re-check
+that fails unexpectedly is logged and closes the socket (1011): it never dies silently,
+leaving the socket open for ever.
 
 Abuse: ASGI has no back-pressure, so daphne buffers whatever is sent to a client that does
 not read until its ping timeout (20 + 30 s by default) drops the connection. Resyncs are
@@ -36,7 +38,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs
@@ -51,9 +54,11 @@ from django.contrib.auth import (
     get_user_model,
     load_backend,
 )
-from django.contrib.sessions.backends.base import SessionBase
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from detection.access import visible_analyses
@@ -72,6 +77,11 @@ from detection.models import Analysis, FrameScore
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 15.0  # how soon revoked access or a logout closes an open socket
+# ... plus at most this: re-checks that fall due within it are read together (at most half
+# a period, so a shortened period still re-checks often).
+RECHECK_BATCH_SECONDS = 1.0
+# Keys or ids in one IN (...) of a batched re-check: far under any database's limit.
+IN_CHUNK = 500
 # A client further behind gets the newest MAX_RESYNC scores (it charts a window of 60 or
 # so). The reply must stay under daphne's 1 MiB message cap, which applies to what the
 # server sends too: a score is ~200 bytes of JSON, so 3,000 make ~0.6 MB.
@@ -122,8 +132,7 @@ UNAVAILABLE_ERRORS = _unavailable_errors()
 SCORE_FIELDS = FrameScore.SCORE_FIELDS
 # Group messages from the publisher ("analysis.<kind>") and the handler that relays each.
 RELAYS = {
-    f"analysis.{kind}": f"analysis_{kind}"
-    for kind in ("score", "status", "progress", "incident", "frame")
+    f"analysis.{kind}": f"analysis_{kind}" for kind in ("score", "status", "progress", "incident")
 }
 
 
@@ -199,40 +208,121 @@ def session_hash_verified(session_hash: str | None, user: Any) -> bool:
     )
 
 
-def session_user(session: SessionBase | None, user_id: Any) -> Any | None:
-    """The user the session still authenticates, read afresh, or None.
+# A socket's re-check: its user as last checked, its session key, the analysis it watches.
+Check = tuple[Any, str | None, int]
+
+
+def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == IN_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def stored_sessions(keys: set[str]) -> dict[str, dict[str, Any]]:
+    """The data each session key holds as stored now (absent: gone or expired).
+
+    The sockets' own copies were read at their handshakes, so this reads the store again.
+    The database backend (the default) is read in one query for all the keys, with what its
+    `load` checks (not expired); any other backend is asked key by key, by its own `load`.
+    """
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    if store.load is not DatabaseSessionStore.load:
+        return {key: data for key in keys if (data := store(key).load())}
+    decoder = store()
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(keys):
+        rows = store.get_model_class().objects.filter(
+            session_key__in=chunk, expire_date__gt=timezone.now()
+        )
+        for key, data in rows.values_list("session_key", "session_data"):
+            found[key] = decoder.decode(data)  # a tampered one decodes to {}
+    return found
+
+
+def session_claim(data: dict[str, Any], user_id: Any) -> tuple[str, Any] | None:
+    """(backend path, user id) when the session data signs in this very user, else None.
+
+    Another user on the same session key would need a login without Django's key cycling.
+    """
+    try:
+        claimed = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
+        backend_path = data[BACKEND_SESSION_KEY]
+    except (KeyError, ValidationError):
+        return None
+    if claimed != user_id or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    return backend_path, claimed
+
+
+def backend_users(backend_path: str, ids: set[Any]) -> dict[Any, Any]:
+    """What the backend's `get_user` returns for each id, where it returns a user.
+
+    ModelBackend's (and that of any subclass keeping it) in one query for all the ids: the
+    user by primary key, when `user_can_authenticate` (ModelBackend refuses inactive users).
+    Any other backend's `get_user`, id by id.
+    """
+    backend = load_backend(backend_path)
+    if type(backend).get_user is not ModelBackend.get_user:
+        return {pk: user for pk in ids if (user := backend.get_user(pk)) is not None}
+    manager = get_user_model()._default_manager
+    found: dict[Any, Any] = {}
+    for chunk in _chunks(ids):
+        found.update(manager.in_bulk(chunk))
+    return {pk: user for pk, user in found.items() if backend.user_can_authenticate(user)}
+
+
+def allowed_now(checks: Sequence[Check]) -> list[Any | None]:
+    """For each socket, its user as stored now when its session and the access rule still
+    allow it, else None: in a few queries for all of them, whatever their number.
 
     `django.contrib.auth.get_user`'s rule, without its writes (the next page request
     flushes or cycles the session): the session exists and has not expired, names this user
     and a configured backend, the backend still returns the user (not deleted; ModelBackend
     also refuses inactive users, and so does this for any backend), and the session's auth
-    hash matches the user's password.
+    hash matches the user's password. Then the per-camera rule (`visible_analyses`), once
+    per user for all the analyses its sockets watch.
     """
-    if session is None or not session.session_key:
-        return None
-    # The socket's own copy was read at the handshake: read the stored session again.
-    engine = import_module(settings.SESSION_ENGINE)
-    data = engine.SessionStore(session.session_key).load()
-    try:
-        session_user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
-        backend_path = data[BACKEND_SESSION_KEY]
-    except (KeyError, ValidationError):
-        return None
-    # Another user on the same session key would need a login without Django's key cycling.
-    if session_user_id != user_id or backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    user = load_backend(backend_path).get_user(session_user_id)
-    if user is None or not user.is_active:
-        return None
-    return user if session_hash_verified(data.get(HASH_SESSION_KEY), user) else None
-
-
-def still_allowed(user: Any, session: SessionBase | None, analysis_id: int) -> Any | None:
-    """The socket's user as stored now, when the session and the access rule still allow it."""
-    current = session_user(session, user.pk)
-    if current is None or not may_see(current, analysis_id):
-        return None
-    return current
+    sessions = stored_sessions({key for _, key, _ in checks if key})
+    claims = [
+        session_claim(sessions[key], user.pk) if key in sessions else None
+        for user, key, _ in checks
+    ]
+    wanted: defaultdict[str, set[Any]] = defaultdict(set)
+    for claim in claims:
+        if claim is not None:
+            wanted[claim[0]].add(claim[1])
+    users = {
+        (path, pk): user
+        for path, ids in wanted.items()
+        for pk, user in backend_users(path, ids).items()
+    }
+    current: list[Any | None] = []
+    for (_, key, _), claim in zip(checks, claims, strict=True):
+        user = users.get(claim) if claim is not None else None
+        if user is None or not user.is_active:
+            current.append(None)
+        else:
+            verified = session_hash_verified(sessions[key].get(HASH_SESSION_KEY), user)
+            current.append(user if verified else None)
+    # One user object per (backend, id) above: its identity stands for the user here.
+    watched: dict[int, tuple[Any, set[int]]] = {}
+    for user, (_, _, analysis_id) in zip(current, checks, strict=True):
+        if user is not None:
+            watched.setdefault(id(user), (user, set()))[1].add(analysis_id)
+    visible = {
+        (key, pk)
+        for key, (user, analyses) in watched.items()
+        for pk in visible_analyses(user).filter(pk__in=analyses).values_list("pk", flat=True)
+    }
+    return [
+        user if user is not None and (id(user), analysis_id) in visible else None
+        for user, (_, _, analysis_id) in zip(current, checks, strict=True)
+    ]
 
 
 def stored_state(analysis_id: int) -> tuple[int | None, str] | None:
@@ -250,7 +340,11 @@ def newest_score(analysis_id: int) -> dict[str, Any] | None:
     if not rows:
         return None
     previous = rows[1][0] if len(rows) > 1 else None
-    return {"type": "score", **live_score_message(score_from_row(rows[0]), previous=previous)}
+    # The picture too: its score's message, which said to show it, may be the one dropped.
+    index = rows[0][0]
+    picture = frame_url(analysis_id, index) if latest_frame_path(analysis_id).exists() else None
+    message = live_score_message(score_from_row(rows[0]), previous=previous, picture=picture)
+    return {"type": "score", **message}
 
 
 def resync_after(content: Any) -> int | None:
@@ -406,6 +500,70 @@ class _Hub:
             self.subscribed.cancel()
 
 
+class _AccessBatch:
+    """The access re-checks of a process's sockets, read together in one database hop.
+
+    Each socket used to re-check its session, user and access in a hop of its own to the
+    one thread that runs the process's database work (and its handshakes): at 2,000 sockets
+    that was 133 hops a second, each four queries on a new connection (conn_max_age 0). Now
+    the first socket whose re-check falls due opens a batch, those that fall due within
+    RECHECK_BATCH_SECONDS join it, and one `allowed_now` answers them all. A socket closed
+    meanwhile is left out; a failed read fails every socket of the batch, each of which
+    closes as when it read alone (UNAVAILABLE_ERRORS: 4503; anything else: logged, 1011).
+    """
+
+    batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AccessBatch] = (
+        weakref.WeakKeyDictionary()
+    )
+    reading: set[asyncio.Task[None]] = set()  # the loop holds tasks only weakly
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Check, asyncio.Future[Any]]] = []
+
+    @classmethod
+    async def check(cls, check: Check) -> Any | None:
+        """The socket's user as stored now, or None once it may no longer watch."""
+        loop = asyncio.get_running_loop()
+        batch = cls.batches.get(loop)
+        if batch is None:
+            batch = cls.batches[loop] = cls()
+            task = loop.create_task(batch._read(loop))
+            cls.reading.add(task)
+            task.add_done_callback(cls.reading.discard)
+        answer: asyncio.Future[Any] = loop.create_future()
+        batch.waiting.append((check, answer))
+        return await answer
+
+    async def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiting = self.waiting
+        try:
+            await asyncio.sleep(min(RECHECK_BATCH_SECONDS, RECHECK_SECONDS / 2))
+            self._close(loop)
+            waiting = [(c, f) for c, f in waiting if not f.done()]  # the sockets still open
+            if not waiting:
+                return
+            users = await database_sync_to_async(allowed_now)([c for c, _ in waiting])
+            for (_, answer), user in zip(waiting, users, strict=True):
+                if not answer.done():
+                    answer.set_result(user)
+        except asyncio.CancelledError:
+            self._close(loop)
+            for _, answer in waiting:
+                answer.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 (handed to each socket, which decides)
+            # Whatever went wrong, no socket is left waiting for ever.
+            self._close(loop)
+            for _, answer in waiting:
+                if not answer.done():
+                    answer.set_exception(exc)
+
+    def _close(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Later re-checks make the next batch."""
+        if self.batches.get(loop) is self:
+            del self.batches[loop]
+
+
 class AnalysisConsumer(AsyncJsonWebsocketConsumer):
     analysis_id: int
     user: Any = None  # the socket's user, as last checked
@@ -559,6 +717,11 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             # latency (docs/performance.md, "1,000 viewers").
             await getattr(self, relay)(message)
             return
+        if message["type"].startswith("analysis."):
+            # A kind this release does not relay, from a worker of another release (say,
+            # the "frame" notices of old, during an upgrade): ignored, where channels would
+            # fail every socket of the analysis with 1011 at each one.
+            return
         if message["type"] == "websocket.connect":
             # And for the handshake: connecting reads through database_sync_to_async only
             # (which closes stale connections itself); the extra hop made a handshake wait
@@ -654,9 +817,9 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
         before: tuple[int | None, str] | None = None  # the stored state one period ago
         while True:
             await asyncio.sleep(RECHECK_SECONDS)
-            user = await database_sync_to_async(still_allowed)(
-                self.user, self.scope.get("session"), self.analysis_id
-            )
+            session = self.scope.get("session")
+            key = session.session_key if session is not None else None
+            user = await _AccessBatch.check((self.user, key, self.analysis_id))
             if user is None:
                 log.info(
                     "socket closed: user id %s lost access to analysis %s or its session "
@@ -748,6 +911,3 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
 
     async def analysis_incident(self, event: dict[str, Any]) -> None:
         await self._relay("incident", event)
-
-    async def analysis_frame(self, event: dict[str, Any]) -> None:
-        await self._relay("frame", event)

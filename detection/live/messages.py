@@ -1,10 +1,12 @@
 """Every message the live pages receive, built in one place, with every URL from `reverse()`.
 
-The worker publishes scores, frames, incidents, statuses and progress as it stores them;
-the socket sends snapshots read from the database (and re-announces a score the layer
-dropped); the acknowledge view answers with an incident. Each of those builds its payload
-here, so a page sees one shape per kind whichever road the message took. `type` is added
-by the publisher (as the consumer method's name) or by the socket.
+The worker publishes scores, incidents, statuses and progress as it stores them (the score
+of the frame whose picture it just wrote carries that picture's `frame_url`: no separate
+message per picture, which doubled what every socket was sent); the socket sends snapshots
+read from the database (and re-announces a score the layer dropped); the acknowledge view
+answers with an incident. Each of those builds its payload here, so a page sees one shape
+per kind whichever road the message took. `type` is added by the publisher (as the
+consumer method's name) or by the socket.
 """
 
 from __future__ import annotations
@@ -56,11 +58,20 @@ def score_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def live_score_message(
-    fields: dict[str, Any], *, previous: int | None, **extra: Any
+    fields: dict[str, Any],
+    *,
+    previous: int | None,
+    picture: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """A score as published: `previous` (the frame index stored before it, None for the
-    first) lets a page notice a message it missed and ask for a resync."""
-    return {**fields, "previous": previous, **extra}
+    first) lets a page notice a message it missed and ask for a resync. `picture` is the
+    analysis's latest-frame URL (`frame_url`) when the picture now shows this score's frame:
+    the page then shows it, as it shows a snapshot's `frame_url`."""
+    message = {**fields, "previous": previous, **extra}
+    if picture is not None:
+        message["frame_url"] = picture
+    return message
 
 
 def frame_url(analysis_id: int, frame_index: int | None) -> str | None:
@@ -68,10 +79,6 @@ def frame_url(analysis_id: int, frame_index: int | None) -> str | None:
     if frame_index is None:
         return None
     return f"{reverse('detection:frame', args=[analysis_id])}?v={int(frame_index)}"
-
-
-def frame_message(analysis_id: int, frame_index: int) -> dict[str, Any]:
-    return {"frame_index": frame_index, "url": frame_url(analysis_id, frame_index)}
 
 
 def status_message(status: str, **fields: Any) -> dict[str, Any]:

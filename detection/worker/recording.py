@@ -173,10 +173,12 @@ class Recorder:
             self._restore(saved)
             raise
         self.smoother, self.tracker = smoother, tracker
-        self._publish_scores(items, previous_index)
+        # The picture first: the batch's last score then tells pages to show it (one
+        # message per score, not a score and a picture notice per frame).
+        pictured = self._write_latest_frame(items[-1])
+        self._publish_scores(items, previous_index, pictured)
         for incident in filter(None, changed):
             self._announce(incident)
-        self._write_latest_frame(items[-1])
         self.keyframes.observe(items, peaks, self.tracker.threshold)
 
     def _row(self, item: ScoredItem) -> FrameScore:
@@ -212,7 +214,12 @@ class Recorder:
             a.peak_score, a.peak_time_s = peak.score, peak.time_s
         a.last_score, a.last_frame_index = items[-1].score, items[-1].frame_index
 
-    def _publish_scores(self, items: list[ScoredItem], previous_index: int | None) -> None:
+    def _publish_scores(
+        self, items: list[ScoredItem], previous_index: int | None, pictured: bool
+    ) -> None:
+        """Each score; the last carries the latest-frame URL when `pictured` (its frame was
+        just written there)."""
+        last = items[-1]
         for item in items:
             # `previous` lets a page notice a message it missed and ask for a resync.
             item_previous, previous_index = previous_index, item.frame_index
@@ -227,9 +234,13 @@ class Recorder:
                 item.novelty,
                 item.learning,
             )
+            picture = None
+            if pictured and item is last:
+                picture = messages.frame_url(self.analysis.pk, item.frame_index)
             message = messages.live_score_message(
                 fields,
                 previous=item_previous,
+                picture=picture,
                 threshold=self.tracker.threshold,
                 # Wall time of publishing, for measuring score-to-browser latency.
                 published_at=time.time(),
@@ -271,16 +282,16 @@ class Recorder:
         closed, self.incident = self.incident, None
         return closed
 
-    def _write_latest_frame(self, item: ScoredItem) -> None:
-        """The newest scored frame for the live page, replaced atomically (best effort)."""
+    def _write_latest_frame(self, item: ScoredItem) -> bool:
+        """The newest scored frame for the live page, replaced atomically (best effort).
+        Whether it was written: only then does its score tell pages to show it."""
         path = latest_frame_path(self.analysis.pk)
         try:
             write_atomic(path, thumbnail_jpeg(item.image, item.box))
         except OSError as exc:
             log.warning("analysis %s: cannot write the live frame: %s", self.analysis.pk, exc)
-            return
-        message = messages.frame_message(self.analysis.pk, item.frame_index)
-        self.publisher.publish(self.analysis.pk, "frame", message)
+            return False
+        return True
 
     def _thumbnail(self, item: ScoredItem) -> None:
         assert self.incident is not None

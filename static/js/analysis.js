@@ -651,6 +651,8 @@
         chart.add(points([msg]));
         showCurrent(msg);
         countScore(msg);
+        // The score of the frame the picture now shows carries its URL.
+        if (msg.frame_url) setFrame(msg.frame_url);
       },
       onMessage(msg) {
         if (msg.type === "status") {
@@ -660,10 +662,6 @@
           applyStatus(msg);
         } else if (msg.type === "progress") setProgress(msg.progress, msg);
         else if (msg.type === "incident") upsertIncident(msg);
-        else if (msg.type === "frame") {
-          framesArrived();
-          setFrame(msg.url);
-        }
       },
     });
   }

@@ -4,10 +4,11 @@
  * - a status poll (GET state.json every few seconds, only while the page is visible):
  *   statuses, phases, errors, counts and the latest frame of every visible camera, read
  *   from the database; cameras and analyses that appear, change or go away;
- * - a socket per queued or running analysis (live.js): its scores for the chart, frames and
- *   statuses as they happen. The poll opens one when it sees an analysis become active; it
- *   closes when the analysis ends. An inactive analysis's socket lives only for its first
- *   snapshot (the chart's last window).
+ * - a socket per queued or running analysis (live.js): its scores for the chart (the score
+ *   of each new picture with the picture's URL) and statuses as they happen. The poll
+ *   opens one when it sees an analysis become active; it closes when the analysis ends.
+ *   An inactive analysis's socket lives only for its first snapshot (the chart's last
+ *   window).
  * A new or changed card is fetched rendered (detection:wall_card), so its markup is the
  * template's alone. Counts, frames and scores only move forward, whichever channel is
  * fresher, except on a new run (a `reset` status message, or the poll seeing frames_scored
@@ -63,7 +64,6 @@
     let scored = null;
     let expected = null;
     let conn = null;
-    let held = null; // frame index of the newest point on the chart
     let pendingFrame = null;
     let frameTimer = null;
     let lastSwap = 0;
@@ -207,7 +207,6 @@
     // A new run: nothing of the old one stays on the card.
     function reset(count) {
       chart.replace([]);
-      held = null;
       clearScore();
       clearFrame();
       polledFrames = typeof count === "number" ? count : 0;
@@ -258,8 +257,6 @@
           if (typeof summary.frames_scored === "number") socketFrames = summary.frames_scored;
           else if (append) socketFrames += msg.scores.length;
           showCount();
-          if (msg.scores.length) held = msg.scores[msg.scores.length - 1].frame_index;
-          else if (!append) held = null;
           if (append) {
             chart.add(points(msg.scores));
           } else {
@@ -281,20 +278,15 @@
           if (!ACTIVE.includes(msg.status)) closeSocket();
         },
         onScore(msg) {
-          // A score after others the chart never got (the snapshot was empty, then the
-          // layer lost the first scores): live.js checks gaps only once it holds one, so
-          // start again from a fresh snapshot rather than chart a hole.
-          if (held === null && msg.previous !== null && msg.previous !== undefined) {
-            closeSocket();
-            openSocket();
-            return;
-          }
-          held = msg.frame_index;
+          // In order and gap-free: live.js resyncs a score that follows an empty snapshot
+          // (or any gap) before handing it on.
           setThreshold(msg.threshold); // the threshold in use changes once derived
           chart.add(points([msg]));
           setScore(msg.score, msg.learning, msg.frame_index);
           socketFrames += 1;
           showCount();
+          // The score of the frame the picture now shows carries its URL.
+          if (msg.frame_url) showFrame(msg.frame_url, msg.frame_index);
         },
         onMessage(msg) {
           if (msg.type === "status") {
@@ -303,8 +295,6 @@
             if (typeof msg.status === "string" && !ACTIVE.includes(msg.status)) closeSocket();
           } else if (msg.type === "progress") {
             setProgress(msg.progress, msg);
-          } else if (msg.type === "frame") {
-            showFrame(msg.url, msg.frame_index);
           }
         },
       });

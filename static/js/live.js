@@ -4,8 +4,9 @@
  * capped exponential backoff and jitter, asks for `?after=<last frame index>` on reconnect,
  * and resyncs when a score's `previous` is not the last frame index held. Handlers:
  *   onSnapshot(msg, append)  scores to replace the chart with (append=false) or to add
- *   onScore(msg)             one new score, in order, never twice
- *   onMessage(msg)           status, progress, incident, frame
+ *   onScore(msg)             one new score, in order, never twice; `frame_url` when the
+ *                            latest-frame picture now shows its frame (as in a snapshot)
+ *   onMessage(msg)           status, progress, incident
  *   onState(state, detail)   connecting | live | reconnecting | denied | gone
  * No build step, no dependency but Chart.js (for scoreChart), no innerHTML with data.
  */

@@ -407,7 +407,7 @@ def overflow(tmp_path, env, layer_env: dict[str, str]) -> None:
                 site.start_worker(*WORKER_ARGS[1:])  # not --once: it serves the stream
                 await wait_until_async(lambda: len(page.live) >= 10, 90, "10 live scores")
                 # The web server stops reading the layer while the worker goes on publishing
-                # (a score, a frame and a status or progress message per stored batch).
+                # (every score, and a status or progress message per stored batch).
                 os.kill(site.daphne.pid, signal.SIGSTOP)
                 try:
                     start = count()

@@ -33,18 +33,17 @@ from pathlib import Path
 import pytest
 import websockets
 from django.contrib.auth.models import User
-from django.db import connections
 
-from bench.viewers import (
+from bench.viewer_client import (
     JoinFailed,
     SocketWatch,
-    daphne,
-    process,
     raise_open_files,
     socket_report,
+    stored_scores,
     tally,
     watch_the_window,
 )
+from bench.viewers import daphne, process
 from detection.live.consumers import MAX_RESYNC
 from detection.models import Analysis, FrameScore
 from tests.support import ROOT
@@ -87,21 +86,10 @@ def many_open_files() -> Iterator[None]:
 
 
 # --- 200 viewers -------------------------------------------------------------------------
-# The clients are bench/viewers.py's (`python -m bench.viewers` runs 1,000 viewers, each
-# with two sockets, on several daphnes behind nginx): `watch_the_window` connects them and
-# `socket_report` / `tally` say what each held and how fast.
-
-
-def stored_scores(analysis_id: int) -> list[tuple[int, float]]:
-    """Read from a worker thread of the event loop (Django refuses the ORM inside it)."""
-    try:
-        return list(
-            FrameScore.objects.filter(analysis_id=analysis_id)
-            .order_by("frame_index")
-            .values_list("frame_index", "score")
-        )
-    finally:
-        connections.close_all()
+# The clients are the viewers benchmark's (bench/viewer_client.py; `python -m bench.viewers`
+# runs 1,000 viewers, each with two sockets, on several daphnes behind nginx):
+# `watch_the_window` connects them, `socket_report` / `tally` say what each held and how
+# fast, and `stored_scores` reads what they must hold (from a worker thread of the loop).
 
 
 def wait_for_first_score(analysis_id: int, worker: subprocess.Popen, log: Path) -> None:
