@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -66,6 +67,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _glibc(name: str) -> Any:
+    """A function of the C library where it is glibc (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -85,11 +96,8 @@ def keep_freed_memory() -> bool:
     decoder processes inherit the setting. Once per process; a no-op where the C library
     is not glibc. Returns whether the allocator was tuned.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     tuned = bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(
@@ -107,11 +115,8 @@ def release_freed_memory() -> bool:
     and the precision probe's copy (ViT-B-32: a worker's RSS 1,749 MiB after loading,
     1,113 MiB once trimmed). Called once a model is loaded. A no-op off glibc.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
     return bool(trim(0))

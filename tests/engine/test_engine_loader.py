@@ -94,6 +94,7 @@ def test_it_casts_the_whole_model_for_bf16(tiny_model):
 def test_it_hands_back_what_loading_freed(tiny_model, monkeypatch):
     calls = []
     monkeypatch.setattr(loader_module, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(loader_module, "_cache", {})  # a load, not a cached model
     load_model(spec_for(tiny_model, precision="bf16"))
     assert calls == [1]  # once the fp32 weights were cast away
 
