@@ -68,8 +68,9 @@ POLL_SECONDS = 2.0
 MAX_JOBS = 16
 # A live frame waits up to LIVE_WAIT_SHARE of its camera's interval (at most LIVE_WAIT_MAX_S)
 # for other cameras' frames to share its forward pass (gather_step): on a CPU the encoder
-# scores a batch of 32 several times faster per frame than one of 2 (ViT-B-32: ~140 against
-# ~35 images/s), and a camera sampled once a second has 2 s before its frame is stale.
+# scores big batches much faster per frame (ViT-B-32 on the development machine: 90-110
+# images/s at 16-64 frames, 27-80 at 1-4), and a camera sampled once a second has 2 s
+# before its frame is stale.
 LIVE_WAIT_SHARE = 0.25
 LIVE_WAIT_MAX_S = 0.5
 # Waits between attempts while the database is unreachable: 0.5, 1, 2, 4, 8, 10, 10, ... s.
