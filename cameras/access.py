@@ -7,13 +7,17 @@ inactive users see nothing. Hidden objects answer 404, exactly like missing ones
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
 
 from .models import Camera
 
 OPERATORS_GROUP = "operators"
+# Values in one IN (...) of a batched query: far under any database's limit.
+IN_CHUNK = 500
 
 
 def sees_everything(user: Any) -> bool:
@@ -31,3 +35,48 @@ def visible_cameras(user: Any) -> QuerySet[Camera]:
     # and count without duplicate rows.
     shared = Camera.objects.filter(Q(viewers=user) | Q(viewer_groups__user=user)).values("pk")
     return Camera.objects.filter(pk__in=shared)
+
+
+def visible_camera_pairs(pairs: Iterable[tuple[Any, Any]]) -> set[tuple[Any, Any]]:
+    """The (user pk, camera pk) pairs, of the (user, camera pk) pairs asked, whose user may
+    see that camera: the rule above for many users at once, in a few queries whatever their
+    number (the live sockets' re-check asks it for every open socket of a process).
+
+    The users count as given: their flags (`is_active`, `is_superuser`) as loaded.
+    """
+    users = {u.pk: u for u, _ in pairs if u and u.is_authenticated and u.is_active}
+    wanted = {(u.pk, camera) for u, camera in pairs if u and u.pk in users}
+    if not wanted:
+        return set()
+    cameras = {camera for _, camera in wanted}
+    everything = {pk for pk, user in users.items() if user.is_superuser}
+    for chunk in in_chunks(users.keys() - everything):
+        operators = Group.objects.filter(name=OPERATORS_GROUP, user__in=chunk)
+        everything.update(operators.values_list("user", flat=True))
+    existing: set[Any] = set()
+    for chunk in in_chunks(cameras):
+        existing.update(Camera.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+    seen = {(pk, camera) for pk, camera in wanted if pk in everything and camera in existing}
+    for some_users in in_chunks(users.keys() - everything):
+        for some_cameras in in_chunks(cameras):
+            shared = Camera.objects.filter(pk__in=some_cameras)
+            # Directly or through a group; values_list reuses the filter's join, so each row
+            # is a (camera, user) pair that matched.
+            direct = shared.filter(viewers__in=some_users).values_list("pk", "viewers")
+            grouped = shared.filter(viewer_groups__user__in=some_users).values_list(
+                "pk", "viewer_groups__user"
+            )
+            seen.update((user, camera) for camera, user in (*direct, *grouped))
+    return seen & wanted
+
+
+def in_chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    """`values` in lists of at most IN_CHUNK, for queries of the form `pk__in=chunk`."""
+    chunk: list[Any] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == IN_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -6,8 +6,9 @@ import pytest
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
-from cameras.access import visible_cameras
-from detection.access import visible_analyses, visible_incidents
+from cameras import access
+from cameras.access import visible_camera_pairs, visible_cameras
+from detection.access import visible_analyses, visible_analysis_pairs, visible_incidents
 from tests.support.factories import (
     AnalysisFactory,
     CameraFactory,
@@ -98,6 +99,43 @@ def test_it_stops_showing_a_camera_when_the_user_leaves_the_group(world):
     user = world["users"]["group_viewer"]
     user.groups.clear()
     assert not visible_cameras(user).exists()
+
+
+def test_it_answers_many_users_at_once_exactly_as_it_answers_each(world, monkeypatch):
+    # The batched form (the live sockets' re-check) against the rule, for every kind of
+    # user, camera and analysis: shared, private, missing; and a user who is both a direct
+    # and a group viewer, so a pair matched twice still counts once.
+    monkeypatch.setattr(access, "IN_CHUNK", 2)  # several chunks of users and cameras
+    world["shared"].viewers.add(world["users"]["group_viewer"])
+    users = [u for u in world["users"].values() if u is not None] + [None]
+    cameras = [world["shared"].pk, world["private"].pk, 10**9]
+    analyses = [world["analysis"].pk, world["private_analysis"].pk, 10**9]
+    asked = [(user, pk) for user in users for pk in cameras]
+    expected = {
+        (user.pk, pk)
+        for user, pk in asked
+        if user is not None and visible_cameras(user).filter(pk=pk).exists()
+    }
+    assert visible_camera_pairs(asked) == expected
+    assert len(expected) == 1 + 1 + 2 + 2  # viewer, group viewer, operator, superuser
+    asked = [(user, pk) for user in users for pk in analyses]
+    expected = {
+        (user.pk, pk)
+        for user, pk in asked
+        if user is not None and visible_analyses(user).filter(pk=pk).exists()
+    }
+    assert visible_analysis_pairs(asked) == expected
+
+
+def test_it_answers_any_number_of_users_in_the_same_few_queries(
+    world, django_assert_max_num_queries
+):
+    viewers = [UserFactory() for _ in range(30)]
+    world["shared"].viewers.add(*viewers)
+    asked = [(user, world["analysis"].pk) for user in [*viewers, world["users"]["stranger"]]]
+    with django_assert_max_num_queries(6):  # analyses, operators, cameras, two kinds of share
+        seen = visible_analysis_pairs(asked)
+    assert seen == {(user.pk, world["analysis"].pk) for user in viewers}
 
 
 # --- Pages and exports ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The access re-check, batched (detection/live/consumers.py: `_AccessBatch`, `allowed_now`).
+"""The access re-check, batched (detection/live/recheck.py: `AccessBatch`, `allowed_now`).
 
 The sockets of a process whose re-checks fall due together are checked in one database hop
 (a few queries for all of them), and exactly the sockets that lost access close, with the
@@ -20,11 +20,15 @@ from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 
 from cameras.models import Camera
-from detection.live import consumers
+from detection.live import consumers, recheck
 from tests.live.test_consumers import closed_with, connect
 from tests.support.factories import AnalysisFactory, CameraFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# Queries of one batch, whatever its size: sessions, users, analyses' cameras, operators,
+# cameras that exist, shares to users, shares to groups.
+BATCH_QUERIES = 7
 
 
 async def test_it_rechecks_a_process_s_sockets_in_one_hop_and_closes_those_that_lost_access(
@@ -34,7 +38,7 @@ async def test_it_rechecks_a_process_s_sockets_in_one_hop_and_closes_those_that_
     monkeypatch.setattr(consumers, "RECHECK_SECONDS", 4.0)
     monkeypatch.setattr(consumers, "RECHECK_BATCH_SECONDS", 2.0)
     hops: list[tuple[int, int]] = []  # per database hop: sockets checked, queries run
-    check = consumers.allowed_now
+    check = recheck.allowed_now
 
     def counted(checks):
         with CaptureQueriesContext(connection) as queries:
@@ -42,7 +46,7 @@ async def test_it_rechecks_a_process_s_sockets_in_one_hop_and_closes_those_that_
         hops.append((len(checks), len(queries)))
         return answer
 
-    monkeypatch.setattr(consumers, "allowed_now", counted)
+    monkeypatch.setattr(recheck, "allowed_now", counted)
 
     def world():
         names = ("keeps", "revoked", "deactivated", "partly")
@@ -84,9 +88,9 @@ async def test_it_rechecks_a_process_s_sockets_in_one_hop_and_closes_those_that_
     # The log line of a socket that checked alone, once per socket closed.
     logged = {(r.args[0], r.args[1]) for r in caplog.records if "lost access" in r.getMessage()}
     assert logged == {(users[name].pk, analysis_id) for name, analysis_id in lost}
-    # One hop for the six: the sessions, the users, then the access rule per user
-    # (each socket alone: four queries on a connection of its own).
-    assert len(hops) == 1 and hops[0][1] <= 2 + 2 * len(users), hops
+    # One hop for the six: the sessions, the users, then the access rule for every pair at
+    # once (each socket alone: four queries on a connection of its own).
+    assert len(hops) == 1 and hops[0][1] <= BATCH_QUERIES, hops
 
 
 @pytest.mark.parametrize(
@@ -104,7 +108,7 @@ async def test_it_closes_every_socket_of_a_batch_whose_read_fails_and_logs_it(
     def broken(checks):
         raise error
 
-    monkeypatch.setattr(consumers, "allowed_now", broken)
+    monkeypatch.setattr(recheck, "allowed_now", broken)
     analysis_id = (await sync_to_async(AnalysisFactory)(camera__viewers=[viewer])).pk
     with caplog.at_level("WARNING", logger="detection.live.consumers"):
         sockets = [(await connect(analysis_id, viewer))[0] for _ in range(2)]
@@ -119,15 +123,16 @@ async def test_it_closes_every_socket_of_a_batch_whose_read_fails_and_logs_it(
 
 
 async def test_it_leaves_a_socket_closed_while_it_waits_out_of_its_batch(monkeypatch):
-    monkeypatch.setattr(consumers, "RECHECK_BATCH_SECONDS", 0.2)
     read: list[list[tuple]] = []
 
     def allowed_now(checks):
         read.append(list(checks))
         return [f"user of {key}" for _, key, _ in checks]
 
-    monkeypatch.setattr(consumers, "allowed_now", allowed_now)
-    tasks = [asyncio.create_task(consumers._AccessBatch.check((None, key, 1))) for key in "abc"]
+    monkeypatch.setattr(recheck, "allowed_now", allowed_now)
+    tasks = [
+        asyncio.create_task(recheck.AccessBatch.check((None, key, 1), window=0.2)) for key in "abc"
+    ]
     await asyncio.sleep(0.05)
     tasks[1].cancel()  # its socket closed
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -135,7 +140,7 @@ async def test_it_leaves_a_socket_closed_while_it_waits_out_of_its_batch(monkeyp
     assert results[0] == "user of a" and results[2] == "user of c"
     assert isinstance(results[1], asyncio.CancelledError)
     # A re-check due later makes a batch of its own.
-    assert await consumers._AccessBatch.check((None, "d", 1)) == "user of d"
+    assert await recheck.AccessBatch.check((None, "d", 1), window=0.2) == "user of d"
     assert read[1:] == [[(None, "d", 1)]]
 
 
@@ -169,14 +174,14 @@ def test_it_rechecks_other_session_stores_and_backends_with_their_own_lookups(se
     check = (user, session.session_key, analysis_id)
     LookupBackend.asked.clear()
 
-    (current,) = consumers.allowed_now([check])
+    (current,) = recheck.allowed_now([check])
     assert current == user and LookupBackend.asked == [user.pk]
     # Still the whole rule: an inactive user (any backend), then a logged-out session.
     User.objects.filter(pk=user.pk).update(is_active=False)
-    assert consumers.allowed_now([check]) == [None]
+    assert recheck.allowed_now([check]) == [None]
     User.objects.filter(pk=user.pk).update(is_active=True)
     session.delete()
-    assert consumers.allowed_now([check]) == [None]
+    assert recheck.allowed_now([check]) == [None]
 
 
 async def test_it_fails_every_socket_of_a_batch_answered_wrongly_rather_than_strand_it(
@@ -184,11 +189,10 @@ async def test_it_fails_every_socket_of_a_batch_answered_wrongly_rather_than_str
 ):
     # A bug that answers fewer sockets than were asked must end each re-check (the socket
     # then logs it and closes with 1011), not leave some waiting for ever.
-    monkeypatch.setattr(consumers, "RECHECK_BATCH_SECONDS", 0.05)
-    monkeypatch.setattr(consumers, "allowed_now", lambda checks: ["only one"])
+    monkeypatch.setattr(recheck, "allowed_now", lambda checks: ["only one"])
     results = await asyncio.wait_for(
         asyncio.gather(
-            *(consumers._AccessBatch.check((None, key, 1)) for key in "ab"),
+            *(recheck.AccessBatch.check((None, key, 1), window=0.05) for key in "ab"),
             return_exceptions=True,
         ),
         timeout=5,
