@@ -432,6 +432,10 @@ class Nginx:
     max_body: int
 
 
+# django-axes' limit as the production settings leave it (DJANGO_LOGIN_FAILURE_LIMIT unset).
+LOGIN_FAILURE_LIMIT = 5
+
+
 def _nginx_binary() -> str | None:
     return shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
 
@@ -582,6 +586,43 @@ def test_it_carries_the_live_websocket_through_the_example_nginx_site(production
     message = asyncio.run(first_message())
     assert message["type"] == "snapshot"
     assert message["analysis"] == production.analysis_id
+
+
+@pytest.mark.slow
+def test_it_locks_out_a_password_guesser_through_nginx_whatever_address_it_claims(
+    production, nginx
+):
+    # daphne takes the client's address from the first entry of X-Forwarded-For; were
+    # nginx to append to the header, that entry would be the client's own choice and each
+    # guess would count against another address, never reaching the lockout.
+    origin = f"https://localhost:{nginx.https_port}"
+    username = f"guessed-{secrets.token_hex(4)}"  # its lock leaves the admin's logins alone
+    statuses = []
+    for attempt in range(LOGIN_FAILURE_LIMIT + 1):
+        page = via_nginx(nginx, "GET", "/accounts/login/")
+        csrf = page.cookies()["csrftoken"].value
+        body = urlencode(
+            {"username": username, "password": "wrong", "csrfmiddlewaretoken": csrf_from(page.body)}
+        )
+        response = via_nginx(
+            nginx,
+            "POST",
+            "/accounts/login/",
+            headers={
+                "Cookie": f"csrftoken={csrf}",
+                "Origin": origin,
+                "Referer": f"{origin}/accounts/login/",
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Forwarded-For": f"198.51.100.{attempt + 1}",
+            },
+            body=body.encode(),
+        )
+        statuses.append(response.status)
+    # The form again for each wrong password, then the lockout from the limit on.
+    assert statuses[0] == 200 and 429 in statuses, statuses
+    first = statuses.index(429)
+    assert first <= LOGIN_FAILURE_LIMIT and set(statuses[first:]) == {429}, statuses
+    assert b"Too many failed logins" in response.body
 
 
 @pytest.mark.slow
