@@ -484,6 +484,10 @@ def analyze_stream(
             normalize_prompts(prompt_normal, "normal")
             normalize_prompts(prompt_anomaly, "anomaly")
             live = live or _live_source(source)
+            if live.sample_interval_s is None:
+                # Told how often it is sampled, a source decodes only what is scored (only
+                # keyframes, when they come often enough: DETECTION_DECODE's `auto`).
+                live.sample_interval_s = 1.0 / rate
             default_spec, _, default_scale = _configured()
             scorer = Scorer(
                 load_model(spec or default_spec),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detection.api import analyze_stream
 from detection.engine.capture import Sampler, keyframes_suffice
 from detection.engine.schedule import Ticker
 from detection.engine.sources import (
@@ -245,3 +246,14 @@ def test_it_counts_a_gop_as_short_enough_within_rounding():
     assert keyframes_suffice(1.001, 1.0)  # 30 frames at 29.97 fps
     assert not keyframes_suffice(1.2, 1.0)
     assert not keyframes_suffice(None, 1.0) and not keyframes_suffice(0.5, None)
+
+
+@pytest.mark.usefixtures("tiny_settings")
+def test_it_decodes_only_the_keyframes_analyze_stream_samples(gop_clip, sources):
+    # A source given no sampling interval of its own takes analyze_stream's rate: at one
+    # score a second, a 1 s GOP's keyframes are all it decodes.
+    source = paced(sources, gop_clip)
+    items = list(analyze_stream(source, ["a quiet street"], ["a fire"], 1.0, max_frames=2))
+    assert [item["status"] for item in items] == ["Success", "Success"]
+    assert source.sample_interval_s == 1.0 and source.decoding == "keyframes"
+    assert source.frames_sampled <= 3 < source.frames_grabbed
