@@ -486,7 +486,7 @@ def analyze_stream(
             live = live or _live_source(source)
             if live.sample_interval_s is None:
                 # Told how often it is sampled, a source decodes only what is scored (only
-                # keyframes, when they come often enough: DETECTION_DECODE's `auto`).
+                # keyframes, when they come often enough, in the `auto` decode mode).
                 live.sample_interval_s = 1.0 / rate
             default_spec, _, default_scale = _configured()
             scorer = Scorer(
