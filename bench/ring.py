@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.processes import stop
+
 log = logging.getLogger(__name__)
 
 # What a producer puts with each frame (an int64 of its choosing: a frame index, say).
@@ -350,14 +352,8 @@ class FrameRing:
 
     def close(self) -> None:
         """Stop the producers still running and free the ring. Idempotent."""
-        for process in self._processes:
-            if process.is_alive():
-                process.terminate()
-        for process in self._processes:
-            process.join(timeout=5)
-            if process.is_alive():  # pragma: no cover - SIGTERM is not ignored in producers
-                process.kill()
-                process.join(timeout=5)
+        # SIGTERM ends a producer (`_run_producer` restores its default); SIGKILL after 5 s.
+        stop(self._processes, timeout=5, kill_timeout=5)
         with contextlib.suppress(Exception):
             self._reap(wait=True)
         for q in (self._free, self._ready):

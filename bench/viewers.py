@@ -57,6 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.processes import stop  # noqa: E402
 from bench.viewer_client import (  # noqa: E402
     raise_open_files,
     setup_django,
@@ -86,13 +87,7 @@ def process(
         try:
             yield child
         finally:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    child.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait(timeout=10)
+            stop([child], timeout=30, kill_timeout=10)
 
 
 def daphne(port: int, *options: str) -> list[str]:
@@ -215,12 +210,7 @@ def nginx(tmp: Path, ports: list[int], sockets: int) -> Iterator[tuple[subproces
         wait_for_port(port)
         yield server, port
     finally:
-        server.send_signal(signal.SIGQUIT)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=5)
+        stop([server], sig=signal.SIGQUIT, timeout=10, kill_timeout=5)  # nginx: graceful
 
 
 @dataclass

@@ -112,7 +112,7 @@ torch.cuda.is_available(), "opencv", cv2.__version__, "open_clip", open_clip.__v
 
 FEEDS=dataloader,ring
 if WHY=$("$PY" -c 'import sys
-from bench import benchmark as b
+from bench import gpu as b
 try:
     b.torchcodec_decoder()
 except b.TorchcodecUnavailable as exc:
@@ -145,6 +145,6 @@ for json in "$RESULTS/gpu_bench.json" "$RESULTS/gpu_bench_h264.json"; do
     echo
     echo "== $json"
     "$PY" -c 'import json, sys
-from bench.benchmark import format_throughput
+from bench.gpu import format_throughput
 print(format_throughput(json.load(open(sys.argv[1]))))' "$json" | tee -a "$LOG"
 done

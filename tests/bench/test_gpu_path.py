@@ -1,4 +1,4 @@
-"""The GPU path of the benchmark (bench/benchmark.py, scripts/gpu_bench.sh), dry-run on the CPU
+"""The GPU path of the benchmark (bench/gpu.py, scripts/gpu_bench.sh), dry-run on the CPU
 with the tiny model: the resize moved onto the device scores what the CPU resize scores, and
 torchcodec (NVDEC on a GPU, its CPU decoder here) scores what OpenCV's frames score."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import benchmark as bench
+from bench import benchmark, gpu
 from detection.engine import ModelSpec, load_model
 from detection.engine.area_resize import fit_batch
 from detection.engine.preprocess import normalize
@@ -19,7 +19,7 @@ from detection.engine.scoring import encode_images
 
 
 def _chunks(video, loaded, fit_on_device: bool) -> torch.Tensor:
-    dataset = bench.DecodedChunks(video, 10.0, loaded.preprocess, 8, 1, fit_on_device)
+    dataset = gpu.DecodedChunks(video, 10.0, loaded.preprocess, 8, 1, fit_on_device)
     return torch.cat(list(dataset))
 
 
@@ -44,7 +44,7 @@ def test_it_encodes_frames_fitted_on_the_device_like_frames_fitted_by_opencv(
 
 def test_it_reports_the_pipeline_with_the_resize_on_the_device(tiny_model, make_video):
     video = make_video("gpu.avi", frames=20, fps=10.0)
-    report = bench.throughput_benchmark(
+    report = gpu.throughput_benchmark(
         video,
         spec=ModelSpec(str(tiny_model.config), str(tiny_model.checkpoint), "cpu", "fp32"),
         decoders=(1,),
@@ -63,8 +63,8 @@ def test_it_reports_the_pipeline_with_the_resize_on_the_device(tiny_model, make_
 
 def _torchcodec_or_skip() -> None:
     try:
-        bench.torchcodec_decoder()
-    except bench.TorchcodecUnavailable as exc:
+        gpu.torchcodec_decoder()
+    except gpu.TorchcodecUnavailable as exc:
         if os.environ.get("TEST_TORCHCODEC"):  # CI (.ci/run) installs what it needs
             pytest.fail(f"TEST_TORCHCODEC is set but {exc}")
         pytest.skip(str(exc))
@@ -77,7 +77,7 @@ def test_it_scores_with_torchcodec_the_frames_opencv_scores(tiny_model, make_vid
         ModelSpec(str(tiny_model.config), str(tiny_model.checkpoint), "cpu", "fp32")
     )
     runs = {
-        feed: bench.pipeline_run(
+        feed: gpu.pipeline_run(
             loaded,
             video,
             10.0,
@@ -108,28 +108,28 @@ def test_it_says_in_one_line_what_the_torchcodec_feed_needs_when_it_is_missing(
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
     video = make_video("gpu.avi", frames=4, fps=10.0)
     with pytest.raises(SystemExit) as exit_info:
-        bench.main([str(video), "--feeds", "ring,torchcodec", "--model", str(tiny_model.config)])
+        # `python -m bench.benchmark`, as scripts/gpu_bench.sh runs it (bench/gpu.py's main)
+        argv = [str(video), "--feeds", "ring,torchcodec", "--model", str(tiny_model.config)]
+        benchmark.main(argv)
     message = str(exit_info.value.code)
     assert "\n" not in message
     assert "--feeds torchcodec" in message and "pip install '.[gpu]'" in message
     loaded = load_model(
         ModelSpec(str(tiny_model.config), str(tiny_model.checkpoint), "cpu", "fp32")
     )
-    with pytest.raises(bench.TorchcodecUnavailable, match=r"^the torchcodec feed needs"):
-        bench.pipeline_run(
-            loaded, video, 10.0, decoders=1, batch_size=4, loops=1, feed="torchcodec"
-        )
+    with pytest.raises(gpu.TorchcodecUnavailable, match=r"^the torchcodec feed needs"):
+        gpu.pipeline_run(loaded, video, 10.0, decoders=1, batch_size=4, loops=1, feed="torchcodec")
 
 
 def test_it_compares_the_feeds_in_one_report_and_table(tiny_model, make_video):
     video = make_video("gpu.avi", frames=10, fps=10.0)
     feeds = ["dataloader", "ring"]
     try:
-        bench.torchcodec_decoder()
+        gpu.torchcodec_decoder()
         feeds.append("torchcodec")
-    except bench.TorchcodecUnavailable:
+    except gpu.TorchcodecUnavailable:
         pass
-    report = bench.throughput_benchmark(
+    report = gpu.throughput_benchmark(
         video,
         spec=ModelSpec(str(tiny_model.config), str(tiny_model.checkpoint), "cpu", "fp32"),
         decoders=(1,),
@@ -147,7 +147,7 @@ def test_it_compares_the_feeds_in_one_report_and_table(tiny_model, make_video):
         assert "error" not in run, run
         assert run["frames"] == 10 and run["fps"] > 0
     assert report["pipeline_ring_fit_on_device"][0]["fit_on_device"] is True
-    table = bench.format_throughput(report).splitlines()
+    table = gpu.format_throughput(report).splitlines()
     assert table[0].startswith(f"{video}: 320x240, 10 frames")
     assert table[1].split()[:3] == ["feed", "resize", "on"]
     rows = [line.split()[:3] for line in table[2:]]

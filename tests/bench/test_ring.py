@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import benchmark as bench
+from bench import gpu
 from bench.ring import FrameRing, RingError, SlotWriter
 from detection.engine import ModelSpec, load_model
 
@@ -40,7 +40,7 @@ def test_it_scores_the_same_frames_with_the_same_scores_as_the_dataloader(
     video = make_video("ring.avi", frames=21, fps=10.0, size=(320, 240), black=(4,))
     loaded = _loaded(tiny_model)
     runs = {
-        feed: bench.pipeline_run(
+        feed: gpu.pipeline_run(
             loaded,
             video,
             10.0,
@@ -117,7 +117,7 @@ def test_it_ends_a_pipeline_run_with_its_decoders_error_and_leaves_no_shared_mem
     before = _shm()
     missing = tmp_path / "gone.avi"
     with pytest.raises(RingError, match=r"ring producer \d failed: .*gone\.avi"):
-        bench.pipeline_run(loaded, missing, 10.0, decoders=2, batch_size=8, loops=1, feed="ring")
+        gpu.pipeline_run(loaded, missing, 10.0, decoders=2, batch_size=8, loops=1, feed="ring")
     assert not [p for p in mp.active_children() if p.name.startswith("ring-producer")]
     assert _shm() <= before  # the ring is an anonymous mapping: nothing was ever named there
 
@@ -126,7 +126,7 @@ def test_it_leaves_no_shared_memory_segments_behind_after_a_run(tiny_model, make
     video = make_video("ring.avi", frames=12, fps=10.0)
     loaded = _loaded(tiny_model)
     before = _shm()
-    run = bench.pipeline_run(
+    run = gpu.pipeline_run(
         loaded, video, 10.0, decoders=2, batch_size=8, loops=1, feed="ring", fit_on_device=True
     )
     assert run["frames"] == 24
