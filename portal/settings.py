@@ -147,6 +147,11 @@ except ValueError as exc:
         f"DATABASE_URL is invalid ({exc}): expected a URL such as "
         "postgres://user@host:5432/name or sqlite:////abs/path/db.sqlite3."
     ) from exc
+# Connections kept open for the web process's database hops, PostgreSQL only (deploy/ sets
+# it for daphne): daphne runs every query of a process in one thread, and without a pool
+# each websocket's hop (handshake, snapshot, re-check) forked a new PostgreSQL backend. Not
+# for the worker: its threads hold their connections for good, which would drain a pool.
+DATABASE_POOL_SIZE = get_int("DATABASE_POOL_SIZE", 0, min=0)
 if _default_db["ENGINE"] == "django.db.backends.sqlite3":
     # The portal and the detection worker write concurrently: WAL lets readers proceed
     # during a write, IMMEDIATE takes the write lock up front (no deadlocking upgrade
@@ -171,6 +176,19 @@ elif _default_db["ENGINE"] == "django.db.backends.postgresql":
         "keepalives_count": 3,
         **_default_db.get("OPTIONS", {}),
     }
+    if DATABASE_POOL_SIZE:
+        try:
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            raise ImproperlyConfigured(
+                "DATABASE_POOL_SIZE needs psycopg's pool: pip install 'psycopg[pool]' (the "
+                "postgres extra has it), or leave DATABASE_POOL_SIZE unset."
+            ) from None
+        _default_db["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": DATABASE_POOL_SIZE,
+            "timeout": 10,  # waiting for a free connection, as long as for a new one
+        }
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -698,8 +698,22 @@ def _manage_command(argv: list[str]) -> None:
     command.create_parser("manage.py", name).parse_args(argv[3:])
 
 
+def _env_prefix(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`env NAME=VALUE ... command` (a Procfile line's way to set variables): both parts."""
+    if argv[:1] != ["env"]:
+        return {}, argv
+    names = [arg for arg in argv[1:] if "=" in arg and not arg.startswith("-")]
+    return dict(arg.split("=", 1) for arg in names), argv[1 + len(names) :]
+
+
 def test_it_starts_only_commands_that_exist():
-    web_commands = [exec_start(WEB_UNIT), procfile()["web"]]
+    web_env, web_line = _env_prefix(procfile()["web"])
+    web_commands = [exec_start(WEB_UNIT), web_line]
+    # The web process pools its PostgreSQL connections; the workers refuse a pool.
+    assert web_env == {"DATABASE_POOL_SIZE": "4"}
+    assert "DATABASE_POOL_SIZE=4" in unit_values(WEB_UNIT, "Environment")
+    assert not any("DATABASE_POOL_SIZE" in line for line in unit_values(WORKER_UNIT, "Environment"))
+    assert "DATABASE_POOL_SIZE" not in active_env_example()
     ports = set()
     for argv in web_commands:
         args = _daphne_args(argv)

@@ -379,6 +379,60 @@ def test_it_connects_to_postgresql_from_database_url(tmp_path):
     assert result.stdout.split() == ["postgresql", "1"]
 
 
+# How many PostgreSQL backends served 20 database hops of a socket, one after another
+# (channels' database_sync_to_async, as the live socket's handshake, snapshot, re-check).
+_HOPS = """
+import asyncio, time
+from channels.db import database_sync_to_async
+from django.db import connection
+def backend():
+    with connection.cursor() as c:
+        c.execute("SELECT pg_backend_pid()")
+        return c.fetchone()[0]
+async def hops():
+    return [await database_sync_to_async(backend)() for _ in range(20)]
+started = time.perf_counter()
+pids = asyncio.run(hops())
+print(len(set(pids)), round((time.perf_counter() - started) / 20 * 1000, 2))
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES_URL)
+def test_it_keeps_the_web_process_on_a_few_pooled_postgresql_connections(tmp_path):
+    pooled = _run(
+        [*_SHELL, _HOPS], _clean_env(tmp_path, DATABASE_URL=POSTGRES_URL, DATABASE_POOL_SIZE="2")
+    )
+    assert pooled.returncode == 0, pooled.stderr
+    backends, _ = pooled.stdout.split()
+    assert 1 <= int(backends) <= 2
+    # Without the pool each hop closed its connection and the next forked a new backend.
+    unpooled = _run([*_SHELL, _HOPS], _clean_env(tmp_path, DATABASE_URL=POSTGRES_URL))
+    assert unpooled.returncode == 0, unpooled.stderr
+    assert int(unpooled.stdout.split()[0]) > 2
+
+
+def test_it_sizes_the_postgresql_pool_from_the_environment_and_leaves_sqlite_alone(tmp_path):
+    url = "postgres://clipwatch@db.invalid:5432/clipwatch"  # parsed, never connected to
+    pool = _settings(tmp_path, DATABASE_URL=url, DATABASE_POOL_SIZE="3")["DB"]["OPTIONS"]["pool"]
+    assert pool == {"min_size": 1, "max_size": 3, "timeout": 10}
+    assert "pool" not in _settings(tmp_path, DATABASE_URL=url)["DB"]["OPTIONS"]
+    assert "pool" not in _settings(tmp_path, DATABASE_POOL_SIZE="3")["DB"]["OPTIONS"]  # SQLite
+    assert "DATABASE_POOL_SIZE" in _settings_error(tmp_path, DATABASE_POOL_SIZE="many")
+
+
+def test_it_refuses_to_run_a_worker_on_the_web_process_s_pool(tmp_path):
+    env = _clean_env(
+        tmp_path,
+        DATABASE_URL="postgres://clipwatch@db.invalid:5432/clipwatch",
+        DATABASE_POOL_SIZE="4",
+    )
+    result = _run(["manage.py", "run_detector", "--once"], env)
+    assert result.returncode == 2
+    assert "DATABASE_POOL_SIZE is for the web process" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.redis
 @pytest.mark.skipif(not REDIS_URL, reason=NO_REDIS_URL)
 def test_it_round_trips_a_message_through_the_redis_channel_layer(tmp_path):

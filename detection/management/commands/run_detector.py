@@ -5,6 +5,7 @@ from __future__ import annotations
 from argparse import ArgumentParser
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from detection.engine import EngineError
@@ -40,6 +41,14 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] is not None and options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1", returncode=2)
+        if settings.DATABASES["default"].get("OPTIONS", {}).get("pool"):
+            # Its threads (the loop, pruning, clips, webhooks, e-mail) each hold a
+            # connection for good: a pool sized for daphne's one thread would run dry.
+            raise CommandError(
+                "DATABASE_POOL_SIZE is for the web process (daphne) only: unset it for "
+                "run_detector (set it in the web unit, not in the shared environment file)",
+                returncode=2,
+            )
         try:
             worker = Worker(
                 once=options["once"],
