@@ -3,6 +3,7 @@ daphne processes behind the documented nginx site (docs/performance.md, "Live lo
 
     python -m bench.viewers [--viewers 1000] [--daphnes 2] [--layer redis|embedded]
                             [--window-s 60] [--clients 2] [--ramp-s S] [--keep DIR]
+                            [--database-url URL] [--pool-size 4]
 
 What runs, all on this machine:
 
@@ -331,11 +332,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         analysis_id = analysis.pk
         connections.close_all()
         ports = [free_port() for _ in range(args.daphnes)]
+        # As deploy/systemd/clipwatch-web.service runs daphne (PostgreSQL pools; SQLite
+        # ignores it); the worker gets none, as in deploy/.
+        web_env = {**env, "DATABASE_POOL_SIZE": str(args.pool_size)}
         servers = [
             stack.enter_context(
                 process(
                     daphne(p, "--proxy-headers"),
-                    env,
+                    web_env,
                     tmp / f"daphne-{p}.log",
                     stdout=subprocess.STDOUT,
                 )
@@ -497,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"sqlite (a file in the temp dir) or e.g. {DEFAULT_DATABASE}",
     )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS)
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=4,
+        help="DATABASE_POOL_SIZE of the daphnes (4, as deployed; 0: a connection per hop)",
+    )
     parser.add_argument("--keep", default=None, help="a folder for the logs, kept")
     args = parser.parse_args(argv)
     # A SIGTERM (`timeout`, Ctrl-C's cousin) still stops every process this started.
