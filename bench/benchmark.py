@@ -360,6 +360,9 @@ class AgePublisher:
         if self.inner is not None:
             self.inner.publish(analysis_id, kind, payload)
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        return self.inner.flush(timeout) if self.inner is not None else True
+
 
 def make_camera_clip(
     source: str | Path,

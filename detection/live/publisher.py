@@ -42,10 +42,17 @@ def group_name(analysis_id: int) -> str:
 class Publisher(Protocol):
     def publish(self, analysis_id: int, kind: str, payload: dict[str, Any]) -> None: ...
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait (at most `timeout` s) for what was published; False when time ran out."""
+        ...
+
 
 class NullPublisher:
     def publish(self, analysis_id: int, kind: str, payload: dict[str, Any]) -> None:
         return None
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True  # nothing is ever queued
 
 
 class _PublishingLoop:

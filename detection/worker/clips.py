@@ -6,10 +6,12 @@ meanwhile; a resumed analysis also makes the clips its earlier run did not get t
 
 Live cameras: what came before an incident is gone from the camera by the time the incident
 opens (it opens after `incident_open_frames` frames), so each live job keeps a short ring
-of the frames it read: downscaled to the clip's size, JPEG-compressed, only as many seconds
-as a pre-roll needs. When an incident opens, a clip starts from the ring and then takes each
-new frame (a streaming encode: memory stays that of a few frames), until CLIP_POST_S after
-the incident closed, or MAX_CLIP_S, or the job stops (the clip then ends there).
+of the frames it read: downscaled to the clip's size, JPEG-compressed (in the worker's
+"pictures" thread, which also writes detection.worker.preview's frame ring), only as many
+seconds as a pre-roll needs. When an incident opens, a clip starts from the ring and then
+takes each new frame (a streaming encode: memory stays that of a few frames), until
+CLIP_POST_S after the incident closed, or MAX_CLIP_S, or the job stops (the clip then ends
+there).
 
 The frames are the camera's newest as the source's reader thread decoded them, taken at
 max(sampling rate, LIVE_FPS) per second without taking them from scoring
@@ -65,10 +67,8 @@ def _ring_jpeg(image: np.ndarray) -> bytes:
     return jpeg.tobytes() if ok else b""
 
 
-def _compressed(entry: bytes | Future[bytes]) -> bytes:
+def _compressed(entry: Future[bytes]) -> bytes:
     """A pre-roll frame's JPEG, once its encoding finished (b"": it failed or was dropped)."""
-    if not isinstance(entry, Future):
-        return entry
     try:
         return entry.result()
     except (Exception, CancelledError):  # noqa: BLE001 - a clip is best effort
@@ -99,17 +99,17 @@ class LiveClips:
     """One live job's pre-roll ring and the clips it is recording."""
 
     def __init__(
-        self, analysis: Analysis, source: Any = None, encoder: ThreadPoolExecutor | None = None
+        self, analysis: Analysis, source: Any = None, *, encoder: ThreadPoolExecutor
     ) -> None:
         self.analysis = analysis
-        self.encoder = encoder  # compresses the pre-roll (None: in the caller's thread)
+        self.encoder = encoder  # compresses the pre-roll (the worker's "pictures" thread)
         self.analysis_id = analysis.pk
         self.source = source
         self.fps = max(analysis.sampling_fps, LIVE_FPS)
         span = CLIP_PRE_S + analysis.incident_open_frames / analysis.sampling_fps + RING_SLACK_S
         self.span_s = min(span, RING_MAX_S)
         size = math.ceil(self.span_s * self.fps) + 2
-        self.ring: deque[tuple[float, bytes | Future[bytes]]] = deque(maxlen=size)
+        self.ring: deque[tuple[float, Future[bytes]]] = deque(maxlen=size)
         self.recordings: dict[int, _Recording] = {}
         self._next_due = 0.0
         self._last_index = -1
@@ -145,10 +145,8 @@ class LiveClips:
             # The pre-roll is compressed by the encoder thread (OpenCV releases the GIL),
             # not on the loop that feeds the model: ~1.7 ms a frame, for every live camera,
             # to serve the rare incident. One that falls behind skips frames.
-            behind = sum(1 for _, jpeg in self.ring if isinstance(jpeg, Future) and not jpeg.done())
-            if self.encoder is None:
-                self.ring.append((time_s, _ring_jpeg(image)))
-            elif behind < RING_MAX_BEHIND:
+            behind = sum(1 for _, jpeg in self.ring if not jpeg.done())
+            if behind < RING_MAX_BEHIND:
                 self.ring.append((time_s, self.encoder.submit(_ring_jpeg, image)))
             while self.ring and self.ring[0][0] < time_s - self.span_s:
                 self.ring.popleft()
@@ -181,6 +179,9 @@ class LiveClips:
         """The job stops: each clip ends with what it has (an open incident's too)."""
         for recording in list(self.recordings.values()):
             self._finish(recording)
+        # The encoder is shared and outlives this job: what it has not started is dropped.
+        for _, jpeg in self.ring:
+            jpeg.cancel()
         self.ring.clear()
 
     def _finish(self, recording: _Recording) -> None:
@@ -202,10 +203,11 @@ class LiveClips:
 class ClipMaker:
     """The worker's clips: live jobs record their own; file clips go to one background thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, ring_encoder: ThreadPoolExecutor) -> None:
         self.live: dict[int, LiveClips] = {}
-        # One thread compresses every live camera's pre-roll frames (LiveClips.frame).
-        self._ring_encoder: ThreadPoolExecutor | None = None
+        # One thread compresses every live camera's pre-roll frames (LiveClips.frame); the
+        # worker owns it (and shuts it down) and writes the frame ring with it too.
+        self._ring_encoder = ring_encoder
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[Future[ClipStats | None], int] = {}
         self._submitted: set[int] = set()
@@ -224,9 +226,8 @@ class ClipMaker:
             else:
                 if job.pk in self.live:
                     self.live.pop(job.pk).close()
-                if self._ring_encoder is None:
-                    self._ring_encoder = ThreadPoolExecutor(1, thread_name_prefix="clip-ring")
-                clips = self.live[job.pk] = LiveClips(job.analysis, job.source, self._ring_encoder)
+                clips = LiveClips(job.analysis, job.source, encoder=self._ring_encoder)
+                self.live[job.pk] = clips
                 job.recorder.on_incident = clips.incident
         except Exception:
             log.warning("analysis %s: clips disabled", job.pk, exc_info=True)
@@ -287,9 +288,6 @@ class ClipMaker:
         for clips in self.live.values():
             clips.close()
         self.live.clear()
-        if self._ring_encoder is not None:
-            self._ring_encoder.shutdown(wait=False, cancel_futures=True)
-            self._ring_encoder = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,10 +196,13 @@ class Worker:
         self._model: LoadedModel | None = None
         self._db_down_since: float | None = None
         self._db_attempts = 0
+        # One thread, off the loop that feeds the model, for the JPEGs only kept for looking
+        # at a camera later: the ring of scored frames and the clips' pre-roll.
+        self._pictures_thread = ThreadPoolExecutor(1, thread_name_prefix="pictures")
         # Live pictures of watched cameras and the ring of scored frames (issue 14, 7-8).
-        self.pictures = preview.LivePictures()
+        self.pictures = preview.LivePictures(self._pictures_thread)
         # Incident clips: live pre-roll rings, file clips in a background thread (item 6).
-        self.clips = clips.ClipMaker()
+        self.clips = clips.ClipMaker(self._pictures_thread)
         # Retention (issue 15): a prune in its own thread, one worker at a time; not in --once.
         self.pruning = PeriodicPrune(self.owner, interval_s=0 if once else None)
 
@@ -282,9 +286,8 @@ class Worker:
                 self.jobs.pop(job.pk).close()
         self.clips.shutdown()  # live clips end here; file clips under way are finished
         self.pictures.close()  # the scored frames queued for the rings are written
-        flush = getattr(self.publisher, "flush", None)
-        if flush is not None:
-            flush()  # the last messages (statuses) reach the pages
+        self._pictures_thread.shutdown(wait=True, cancel_futures=True)  # both users closed
+        self.publisher.flush()  # the last messages (statuses) reach the pages
         try:
             webhooks.drain()  # attempts under way are recorded, not left claimed
         except TRANSIENT_DB_ERRORS as exc:

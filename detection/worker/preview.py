@@ -13,6 +13,8 @@ The frame ring (item 7): every scored frame of a live analysis is kept as a smal
 named by its frame index, the newest RING_SECONDS at the sampling rate (at most RING_MAX
 files), so a click on the live chart can show it. A job that starts (a resume, a re-run)
 deletes the frames its stored scores do not cover: a re-run's frame 0 is never an old one.
+The ring is written by the worker's "pictures" thread (which also compresses the incident
+clips' pre-roll, detection.worker.clips), not on the loop that feeds the model.
 Everything here is best effort: a full disk costs a picture, never a score.
 """
 
@@ -24,7 +26,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Collection, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,13 +127,14 @@ class _Camera:
 class LivePictures:
     """The live picture and frame ring of each live job of one worker."""
 
+    # The rings are written by one thread (the worker's, shared with the clips' pre-roll):
+    # compressing a scored frame costs ~1-2 ms, paid for every live camera, on the loop that
+    # feeds the model otherwise. A click on the chart for a frame stored a moment ago may
+    # find it a moment later. The worker shuts it down.
+    writer: ThreadPoolExecutor
     interval_s: float = INTERVAL_S
     watch_s: float = WATCH_S
     cameras: dict[int, _Camera] = field(default_factory=dict)
-    # The rings are written by one thread of their own: compressing a scored frame costs
-    # ~1-2 ms, paid for every live camera, on the loop that feeds the model otherwise. A
-    # click on the chart for a frame stored a moment ago may find it a moment later.
-    _writer: ThreadPoolExecutor | None = None
     _queued: list[Future[None]] = field(default_factory=list)
     _behind: bool = False
 
@@ -150,8 +153,6 @@ class LivePictures:
         camera = self.cameras.get(analysis_id)
         if camera is None:
             return
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="frame-ring")
         self._queued = [f for f in self._queued if not f.done()]
         if len(self._queued) >= RING_MAX_QUEUED:
             if not self._behind:  # said once per stretch, not once per frame
@@ -159,13 +160,11 @@ class LivePictures:
             self._behind = True
             return
         self._behind = False
-        self._queued.append(self._writer.submit(_keep, camera.ring, list(items)))
+        self._queued.append(self.writer.submit(_keep, camera.ring, list(items)))
 
     def close(self) -> None:
         """Write what is queued for the rings (the worker stops)."""
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-            self._writer = None
+        wait(self._queued)
         self._queued.clear()
 
     def step(self, active: Collection[int], now: float | None = None) -> int:

@@ -33,6 +33,9 @@ class RecordingPublisher:
     def publish(self, analysis_id: int, kind: str, payload: dict) -> None:
         self.messages.append((analysis_id, kind, payload))
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True  # kept as published: nothing waits
+
     def kinds(self, kind: str) -> list[dict]:
         return [p for _, k, p in self.messages if k == kind]
 

@@ -32,6 +32,13 @@ LEARN_S, NORMAL_S, COVERED_S, FPS = 10, 8, 4, 4
 TOTAL_S = LEARN_S + 2 * NORMAL_S + COVERED_S
 
 
+@pytest.fixture
+def encoder():
+    """The worker's "pictures" thread, for the LiveClips a test makes without a worker."""
+    with ThreadPoolExecutor(1, thread_name_prefix="pictures") as executor:
+        yield executor
+
+
 def probe(path: Path) -> tuple[str, int, int, float]:
     """(codec, width, frames decoded, duration in s) of a clip, read back with PyAV."""
     with av.open(str(path)) as container:
@@ -219,9 +226,9 @@ def test_it_records_a_live_incident_with_its_pre_roll_and_post_roll(media, make_
     assert ring is None  # the job's clips ended with the worker
 
 
-def test_it_keeps_a_bounded_pre_roll_and_starts_a_clip_from_it(media):
+def test_it_keeps_a_bounded_pre_roll_and_starts_a_clip_from_it(media, encoder):
     analysis = AnalysisFactory(sampling_fps=1.0, incident_open_frames=3)
-    clips = LiveClips(analysis)
+    clips = LiveClips(analysis, encoder=encoder)
     assert clips.fps == 4.0 and clips.span_s == CLIP_PRE_S + 3 + 2
     frame = scene(720, 1280)
     for i in range(200):  # 50 s at 4 frames/s
@@ -255,7 +262,7 @@ def test_it_compresses_the_pre_roll_off_the_scoring_loop(media, monkeypatch):
 
     monkeypatch.setattr(clips_module, "_ring_jpeg", slow)
     analysis = AnalysisFactory(sampling_fps=1.0, incident_open_frames=3)
-    with ThreadPoolExecutor(1, thread_name_prefix="clip-ring") as encoder:
+    with ThreadPoolExecutor(1, thread_name_prefix="pictures") as encoder:
         clips = LiveClips(analysis, encoder=encoder)
         frame = scene(720, 1280)
         longest = 0.0
@@ -269,17 +276,17 @@ def test_it_compresses_the_pre_roll_off_the_scoring_loop(media, monkeypatch):
         recording = clips.recordings[incident.pk]
     # The loop never waited for a compression; the clip still starts 5 s before.
     assert longest < 0.04, longest
-    assert threads and all(name.startswith("clip-ring") for name in threads)
+    assert threads and all(name.startswith("pictures") for name in threads)
     assert recording.writer.first_s == pytest.approx(9.0 - CLIP_PRE_S, abs=0.25)
     recording.writer.abort()
 
 
-def test_it_caps_the_ring_whatever_the_settings(media):
+def test_it_caps_the_ring_whatever_the_settings(media, encoder):
     slow = AnalysisFactory(sampling_fps=0.1, incident_open_frames=1000)
-    assert LiveClips(slow).span_s == RING_MAX_S
+    assert LiveClips(slow, encoder=encoder).span_s == RING_MAX_S
 
 
-def test_it_ends_a_closed_incidents_clip_when_the_camera_goes_quiet(media):
+def test_it_ends_a_closed_incidents_clip_when_the_camera_goes_quiet(media, encoder):
     class Silent:
         """A camera that delivered nothing new since (`newest_frame` reads `peek`)."""
 
@@ -287,7 +294,7 @@ def test_it_ends_a_closed_incidents_clip_when_the_camera_goes_quiet(media):
             return None
 
     analysis = AnalysisFactory(sampling_fps=1.0)
-    clips = LiveClips(analysis, Silent())
+    clips = LiveClips(analysis, Silent(), encoder=encoder)
     for i in range(20):
         clips.frame(scene(120, 160, t=i), i / 4)
     incident = IncidentFactory(analysis=analysis, start_time_s=3.0, end_time_s=None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -26,6 +27,13 @@ FAST = {
     "read_timeout_s": 1.0,
     "backoff": Backoff(initial_s=0.1, cap_s=0.5, jitter=0.0, max_failures=50, max_opens=100),
 }
+
+
+@pytest.fixture
+def writer():
+    """The worker's "pictures" thread, for the LivePictures a test makes without a worker."""
+    with ThreadPoolExecutor(1, thread_name_prefix="pictures") as executor:
+        yield executor
 
 
 def live_worker(clip) -> Worker:
@@ -97,7 +105,9 @@ def test_it_writes_the_live_picture_a_few_times_a_second_only_while_watched(make
 
 
 @pytest.mark.slow
-def test_it_keeps_a_bounded_ring_of_scored_frames_and_forgets_another_runs(make_video, monkeypatch):
+def test_it_keeps_a_bounded_ring_of_scored_frames_and_forgets_another_runs(
+    make_video, monkeypatch, writer
+):
     clip = make_video("camera.avi", frames=50, fps=25.0)
     monkeypatch.setattr(preview, "RING_SECONDS", 1.0)  # 4 frames at 4 frames/s
     analysis = AnalysisFactory(
@@ -118,12 +128,12 @@ def test_it_keeps_a_bounded_ring_of_scored_frames_and_forgets_another_runs(make_
 
     # A re-run starts from frame 0 again: what the ring holds is another run's.
     analysis.scores.all().delete()
-    cameras = preview.LivePictures()
+    cameras = preview.LivePictures(writer)
     cameras.start(analysis.pk, source=None, sampling_fps=4.0, next_index=0)
     assert not list(ring.glob("*.jpg"))
 
 
-def test_it_writes_the_ring_in_a_thread_of_its_own(media, monkeypatch):
+def test_it_writes_the_ring_in_a_thread_of_its_own(media, monkeypatch, writer):
     threads: list[str] = []
     compress = preview.jpeg
 
@@ -132,13 +142,13 @@ def test_it_writes_the_ring_in_a_thread_of_its_own(media, monkeypatch):
         return compress(*args, **kwargs)
 
     monkeypatch.setattr(preview, "jpeg", recording)
-    pictures = preview.LivePictures()
+    pictures = preview.LivePictures(writer)
     pictures.start(7, source=None, sampling_fps=1.0, next_index=0)
     items = [SimpleNamespace(frame_index=i, image=scene(120, 160, t=i), box=None) for i in range(3)]
     pictures.stored(7, items)
     pictures.close()  # as the worker stops: what was queued is written
     assert sorted(int(p.stem) for p in frame_ring_dir(7).glob("*.jpg")) == [0, 1, 2]
-    assert threads and all(name.startswith("frame-ring") for name in threads), threads
+    assert threads and all(name.startswith("pictures") for name in threads), threads
 
 
 def test_it_keeps_ring_frames_a_resumed_run_still_has(media):
