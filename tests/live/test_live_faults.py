@@ -812,3 +812,83 @@ async def test_it_announces_what_was_stored_but_never_relayed(watched, monkeypat
     # Said once: nothing more while nothing new is stored.
     assert await ws.receive_nothing(timeout=0.5)
     await ws.disconnect()
+
+
+PAGES = 20
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.skipif(not REDIS_SERVER, reason=NO_REDIS_SERVER)
+def test_it_logs_no_error_when_pages_close_as_scores_arrive(tmp_path, env, settings):
+    # Viewers leave all the time. A page's close frame closes its socket at once, but daphne
+    # tells the consumer only once the connection is gone, after what it still had to write
+    # was written: a score relayed in between raised autobahn's "Attempt to send on a closed
+    # protocol", logged by daphne as an ERROR with a traceback (dozens a minute with many
+    # viewers on a busy server). Here pages stop reading while large scores pile up for
+    # them, so that stretch lasts, then close.
+    redis = RedisServer(tmp_path)
+    redis.start()
+    try:
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [redis.url]},
+            }
+        }
+        layer_env = {"CHANNELS_LAYER": "redis", "REDIS_URL": redis.url}
+        with served(tmp_path, env, layer_env) as site:
+            analysis = AnalysisFactory(camera=CameraFactory(viewers=[site.viewer]))
+            url = f"ws://127.0.0.1:{site.port}/ws/analyses/{analysis.pk}/"
+            publisher = ChannelPublisher()
+            sending = threading.Event()
+            padding = "x" * 64_000
+
+            def burst() -> None:
+                index = 0
+                while sending.is_set():
+                    publisher.publish(
+                        analysis.pk,
+                        "score",
+                        {
+                            "frame_index": index,
+                            "previous": index - 1 if index else None,
+                            "pad": padding,
+                        },
+                    )
+                    index += 1
+                    time.sleep(0.01)
+
+            async def scenario() -> None:
+                headers = {"Cookie": site.cookie}
+                pages = [
+                    await websockets.connect(
+                        url,
+                        additional_headers=headers,
+                        origin=site.base,
+                        max_queue=1,  # a page that reads nothing more holds nothing more
+                        close_timeout=1,
+                    )
+                    for _ in range(PAGES)
+                ]
+                for page in pages:
+                    assert json.loads(await page.recv())["type"] == "snapshot"
+                sending.set()
+                thread = threading.Thread(target=burst)
+                thread.start()
+                try:
+                    await asyncio.sleep(1.5)
+                    await asyncio.gather(*(page.close() for page in pages))
+                    await asyncio.sleep(2.5)  # daphne reaps (and logs) ended sockets each second
+                finally:
+                    sending.clear()
+                    thread.join(10)
+
+            asyncio.run(scenario())
+            assert publisher.flush(10)
+            stop(site.daphne)
+            log = site.log("daphne")
+    finally:
+        redis.stop()
+    assert log.count("WSDISCONNECT") >= PAGES, log[-2000:]
+    assert "Exception inside application" not in log and "Traceback" not in log, log[-3000:]
