@@ -44,6 +44,7 @@ def visible_camera_pairs(pairs: Iterable[tuple[Any, Any]]) -> set[tuple[Any, Any
 
     The users count as given: their flags (`is_active`, `is_superuser`) as loaded.
     """
+    pairs = list(pairs)  # read twice below
     users = {u.pk: u for u, _ in pairs if u and u.is_authenticated and u.is_active}
     wanted = {(u.pk, camera) for u, camera in pairs if u and u.pk in users}
     if not wanted:

@@ -117,6 +117,7 @@ def test_it_answers_many_users_at_once_exactly_as_it_answers_each(world, monkeyp
         if user is not None and visible_cameras(user).filter(pk=pk).exists()
     }
     assert visible_camera_pairs(asked) == expected
+    assert visible_camera_pairs(iter(asked)) == expected  # any iterable, read once
     assert len(expected) == 1 + 1 + 2 + 2  # viewer, group viewer, operator, superuser
     asked = [(user, pk) for user in users for pk in analyses]
     expected = {
