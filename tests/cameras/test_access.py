@@ -111,21 +111,21 @@ def test_it_answers_many_users_at_once_exactly_as_it_answers_each(world, monkeyp
     cameras = [world["shared"].pk, world["private"].pk, 10**9]
     analyses = [world["analysis"].pk, world["private_analysis"].pk, 10**9]
     asked = [(user, pk) for user in users for pk in cameras]
-    expected = {
-        (user.pk, pk)
-        for user, pk in asked
-        if user is not None and visible_cameras(user).filter(pk=pk).exists()
-    }
+    expected = _by_the_rule(asked, visible_cameras)
     assert visible_camera_pairs(asked) == expected
     assert visible_camera_pairs(iter(asked)) == expected  # any iterable, read once
     assert len(expected) == 1 + 1 + 2 + 2  # viewer, group viewer, operator, superuser
     asked = [(user, pk) for user in users for pk in analyses]
-    expected = {
+    assert visible_analysis_pairs(asked) == _by_the_rule(asked, visible_analyses)
+
+
+def _by_the_rule(asked, visible) -> set:
+    """The (user pk, object pk) pairs the rule allows, asked user by user."""
+    return {
         (user.pk, pk)
         for user, pk in asked
-        if user is not None and visible_analyses(user).filter(pk=pk).exists()
+        if user is not None and visible(user).filter(pk=pk).exists()
     }
-    assert visible_analysis_pairs(asked) == expected
 
 
 def test_it_answers_any_number_of_users_in_the_same_few_queries(

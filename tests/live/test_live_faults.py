@@ -131,6 +131,23 @@ class RedisServer:
         stop(self.process)
 
 
+@contextmanager
+def private_redis_layer(tmp_path: Path, settings) -> Iterator[RedisServer]:
+    """A private redis-server, and this process's channel layer on it, for the block."""
+    redis = RedisServer(tmp_path)
+    redis.start()
+    try:
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [redis.url]},
+            }
+        }
+        yield redis
+    finally:
+        redis.stop()
+
+
 # --- clients -------------------------------------------------------------------------------
 
 
@@ -650,15 +667,7 @@ def test_it_drops_what_exceeds_its_queue_and_says_so_when_it_resumes(monkeypatch
 @pytest.mark.skipif(not REDIS_SERVER, reason=NO_REDIS_SERVER)
 def test_it_publishes_from_plain_sync_code_over_one_redis_connection(tmp_path, settings):
     # What the worker does: publish from its main thread, no event loop of its own.
-    redis = RedisServer(tmp_path)
-    redis.start()
-    try:
-        settings.CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [redis.url]},
-            }
-        }
+    with private_redis_layer(tmp_path, settings) as redis:
         layer = get_channel_layer()
         channel = async_to_sync(layer.new_channel)()
         async_to_sync(layer.group_add)(group_name(7), channel)
@@ -676,8 +685,6 @@ def test_it_publishes_from_plain_sync_code_over_one_redis_connection(tmp_path, s
         ).stdout
         connections = int(stats.split("total_connections_received:")[1].split()[0])
         received = [async_to_sync(layer.receive)(channel)["frame_index"] for _ in range(100)]
-    finally:
-        redis.stop()
     assert received == list(range(100))
     # One connection for the publisher's loop (and one per `async_to_sync` call above and
     # for redis-cli), not one per message.
@@ -827,15 +834,7 @@ def test_it_logs_no_error_when_pages_close_as_scores_arrive(tmp_path, env, setti
     # protocol", logged by daphne as an ERROR with a traceback (dozens a minute with many
     # viewers on a busy server). Here pages stop reading while large scores pile up for
     # them, so that stretch lasts, then close.
-    redis = RedisServer(tmp_path)
-    redis.start()
-    try:
-        settings.CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [redis.url]},
-            }
-        }
+    with private_redis_layer(tmp_path, settings) as redis:
         layer_env = {"CHANNELS_LAYER": "redis", "REDIS_URL": redis.url}
         with served(tmp_path, env, layer_env) as site:
             analysis = AnalysisFactory(camera=CameraFactory(viewers=[site.viewer]))
@@ -888,7 +887,5 @@ def test_it_logs_no_error_when_pages_close_as_scores_arrive(tmp_path, env, setti
             assert publisher.flush(10)
             stop(site.daphne)
             log = site.log("daphne")
-    finally:
-        redis.stop()
     assert log.count("WSDISCONNECT") >= PAGES, log[-2000:]
     assert "Exception inside application" not in log and "Traceback" not in log, log[-3000:]

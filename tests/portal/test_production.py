@@ -522,19 +522,17 @@ def via_nginx(
         connection.close()
 
 
-def login_via_nginx(production: Production, nginx: Nginx) -> str:
-    """Log in through nginx as a browser does; returns the session cookie."""
+def post_login_via_nginx(
+    nginx: Nginx, username: str, password: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The login form through nginx, as a browser posts it (after fetching it)."""
     origin = f"https://localhost:{nginx.https_port}"
     page = via_nginx(nginx, "GET", "/accounts/login/")
     csrf = page.cookies()["csrftoken"].value
     body = urlencode(
-        {
-            "username": "admin",
-            "password": production.password,
-            "csrfmiddlewaretoken": csrf_from(page.body),
-        }
+        {"username": username, "password": password, "csrfmiddlewaretoken": csrf_from(page.body)}
     )
-    response = via_nginx(
+    return via_nginx(
         nginx,
         "POST",
         "/accounts/login/",
@@ -543,9 +541,15 @@ def login_via_nginx(production: Production, nginx: Nginx) -> str:
             "Origin": origin,
             "Referer": f"{origin}/accounts/login/",
             "Content-Type": "application/x-www-form-urlencoded",
+            **(headers or {}),
         },
         body=body.encode(),
     )
+
+
+def login_via_nginx(production: Production, nginx: Nginx) -> str:
+    """Log in through nginx as a browser does; returns the session cookie."""
+    response = post_login_via_nginx(nginx, "admin", production.password)
     assert response.status == 302, response.body[:500]
     return response.cookies()["sessionid"].value
 
@@ -595,28 +599,11 @@ def test_it_locks_out_a_password_guesser_through_nginx_whatever_address_it_claim
     # daphne takes the client's address from the first entry of X-Forwarded-For; were
     # nginx to append to the header, that entry would be the client's own choice and each
     # guess would count against another address, never reaching the lockout.
-    origin = f"https://localhost:{nginx.https_port}"
     username = f"guessed-{secrets.token_hex(4)}"  # its lock leaves the admin's logins alone
     statuses = []
     for attempt in range(LOGIN_FAILURE_LIMIT + 1):
-        page = via_nginx(nginx, "GET", "/accounts/login/")
-        csrf = page.cookies()["csrftoken"].value
-        body = urlencode(
-            {"username": username, "password": "wrong", "csrfmiddlewaretoken": csrf_from(page.body)}
-        )
-        response = via_nginx(
-            nginx,
-            "POST",
-            "/accounts/login/",
-            headers={
-                "Cookie": f"csrftoken={csrf}",
-                "Origin": origin,
-                "Referer": f"{origin}/accounts/login/",
-                "Content-Type": "application/x-www-form-urlencoded",
-                "X-Forwarded-For": f"198.51.100.{attempt + 1}",
-            },
-            body=body.encode(),
-        )
+        claimed = {"X-Forwarded-For": f"198.51.100.{attempt + 1}"}
+        response = post_login_via_nginx(nginx, username, "wrong", claimed)
         statuses.append(response.status)
     # The form again for each wrong password, then the lockout from the limit on.
     assert statuses[0] == 200 and 429 in statuses, statuses
