@@ -40,8 +40,20 @@ def test_it_sends_the_signal_asked_for_and_leaves_an_ended_child_alone():
     assert ended.returncode == 0 and sleeper.returncode == -signal.SIGUSR1
 
 
+def _sleep_as_a_fresh_process_would(ready) -> None:
+    # A forked child inherits the test process's Python signal handlers (a test before this
+    # one may have installed a worker's SIGTERM handler): SIGTERM must end it, as it ends
+    # bench/ring.py's producers, which restore the default the same way.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ready.set()
+    time.sleep(60)
+
+
 def test_it_stops_multiprocessing_children_too():
-    process = mp.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    context = mp.get_context("fork")
+    ready = context.Event()
+    process = context.Process(target=_sleep_as_a_fresh_process_would, args=(ready,), daemon=True)
     process.start()
+    assert ready.wait(10)
     stop([process], timeout=10, kill_timeout=5)
     assert not process.is_alive() and process.exitcode == -signal.SIGTERM
