@@ -54,10 +54,12 @@ def visible_camera_pairs(pairs: Iterable[tuple[Any, Any]]) -> set[tuple[Any, Any
     for chunk in in_chunks(users.keys() - everything):
         operators = Group.objects.filter(name=OPERATORS_GROUP, user__in=chunk)
         everything.update(operators.values_list("user", flat=True))
-    existing: set[Any] = set()
-    for chunk in in_chunks(cameras):
-        existing.update(Camera.objects.filter(pk__in=chunk).values_list("pk", flat=True))
-    seen = {(pk, camera) for pk, camera in wanted if pk in everything and camera in existing}
+    seen: set[tuple[Any, Any]] = set()
+    if everything:  # they see every camera that exists
+        existing: set[Any] = set()
+        for chunk in in_chunks(cameras):
+            existing.update(Camera.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+        seen = {(pk, camera) for pk, camera in wanted if pk in everything and camera in existing}
     for some_users in in_chunks(users.keys() - everything):
         for some_cameras in in_chunks(cameras):
             shared = Camera.objects.filter(pk__in=some_cameras)
