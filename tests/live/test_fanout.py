@@ -3,6 +3,9 @@ worker's message reaches the process once, every local socket of the analysis re
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from channels.layers import get_channel_layer
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -10,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from detection.live import consumers
 from detection.live.publisher import group_name
 from tests.live.test_consumers import closed_with, connect
-from tests.support.factories import AnalysisFactory, CameraFactory
+from tests.support.factories import AnalysisFactory, CameraFactory, FrameScoreFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,3 +62,86 @@ async def test_it_closes_every_local_socket_when_the_layer_fails_under_them(worl
     for ws in sockets:
         assert await closed_with(ws) == consumers.CLOSE_UNAVAILABLE
         await ws.wait()
+
+
+# The hub relays a message itself to a socket with nothing before it, and queues it in the
+# socket's inbox otherwise: the page must still see every message in order.
+
+
+def score_message(index: int) -> dict:
+    return {
+        "type": "analysis.score",
+        "frame_index": index,
+        "time_s": index / 2,
+        "score": 0.5,
+        "normal": 0.1,
+        "anomaly": 0.2,
+        "previous": index - 1,
+    }
+
+
+@pytest.fixture
+def scored(viewer):
+    analysis = AnalysisFactory(camera=CameraFactory(viewers=[viewer]), status="running")
+    for i in range(70):
+        FrameScoreFactory(analysis=analysis, frame_index=i, time_s=i / 2, score=i / 100)
+    return {"viewer": viewer, "analysis": analysis}
+
+
+def slowed_snapshots(monkeypatch, seconds: float = 0.3) -> None:
+    read = consumers.snapshot
+
+    def slow_snapshot(*args: object):
+        time.sleep(seconds)
+        return read(*args)
+
+    monkeypatch.setattr(consumers, "snapshot", slow_snapshot)
+
+
+async def test_it_relays_what_is_published_during_the_handshake_after_the_snapshot(
+    scored, monkeypatch
+):
+    analysis = scored["analysis"]
+    slowed_snapshots(monkeypatch)
+    connecting = asyncio.ensure_future(connect(analysis.pk, scored["viewer"]))
+    while not any(consumers._Hub.hubs.values()):  # joined; the snapshot is being read
+        await asyncio.sleep(0.01)
+    await get_channel_layer().group_send(group_name(analysis.pk), score_message(70))
+    ws, _ = await connecting
+    first = await ws.receive_json_from(timeout=5)
+    assert first["type"] == "snapshot" and first["scores"][-1]["frame_index"] == 69
+    assert (await ws.receive_json_from(timeout=5))["frame_index"] == 70
+    await ws.disconnect()
+
+
+async def test_it_keeps_the_order_when_the_hub_relays_behind_a_queued_message(
+    scored, monkeypatch
+):
+    analysis = scored["analysis"]
+    group = group_name(analysis.pk)
+    layer = get_channel_layer()
+    ws, _ = await connect(analysis.pk, scored["viewer"])
+    await ws.receive_json_from(timeout=5)
+    slowed_snapshots(monkeypatch)
+    encode = consumers.AnalysisConsumer.encode_json
+
+    async def slow_for_70(content):
+        if content.get("frame_index") == 70:
+            await asyncio.sleep(0.3)  # the socket's own task is still relaying 70
+        return await encode(content)
+
+    monkeypatch.setattr(consumers.AnalysisConsumer, "encode_json", staticmethod(slow_for_70))
+    await ws.send_json_to({"type": "resync", "after": 65})
+    await asyncio.sleep(0.1)  # the resync is being read: 70 waits in the inbox for its reply
+    await layer.group_send(group, score_message(70))
+    reply = await ws.receive_json_from(timeout=5)
+    assert reply["type"] == "snapshot" and reply["resync"]
+    assert [reply["scores"][0]["frame_index"], reply["scores"][-1]["frame_index"]] == [66, 69]
+    # 71 reaches the hub while the socket relays 70 from its inbox: it must not overtake.
+    await layer.group_send(group, score_message(71))
+    received = [(await ws.receive_json_from(timeout=5))["frame_index"] for _ in range(2)]
+    assert received == [70, 71]
+    # Nothing is left queued: the next message goes straight through again.
+    await layer.group_send(group, score_message(72))
+    assert (await ws.receive_json_from(timeout=5))["frame_index"] == 72
+    await ws.disconnect()

@@ -40,9 +40,14 @@ async def watch(url: str, cookie: str, origin: str, stop_when, timeout: float = 
         end = time.monotonic() + timeout
         while time.monotonic() < end and not stop_when(scores):
             try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=1))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task per
+                # call, which at 1,000 viewers was a tenth of the simulated browsers' CPU,
+                # on the cores the servers measured share (bench/viewers.py).
+                async with asyncio.timeout(1):
+                    raw = await ws.recv()
             except TimeoutError:
                 continue
+            message = json.loads(raw)
             if message["type"] == "snapshot":
                 resyncing = False
                 for s in message["scores"]:
