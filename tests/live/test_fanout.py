@@ -114,9 +114,7 @@ async def test_it_relays_what_is_published_during_the_handshake_after_the_snapsh
     await ws.disconnect()
 
 
-async def test_it_keeps_the_order_when_the_hub_relays_behind_a_queued_message(
-    scored, monkeypatch
-):
+async def test_it_keeps_the_order_when_the_hub_relays_behind_a_queued_message(scored, monkeypatch):
     analysis = scored["analysis"]
     group = group_name(analysis.pk)
     layer = get_channel_layer()
