@@ -419,6 +419,7 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             # A failed layer: make room, so the socket sees it next.
             while self._inbox.full():
                 self._inbox.get_nowait()
+                self._queued -= 1
         elif self._inbox.full():
             return  # dropped, as a full layer drops; the page resyncs on the gap
         else:
@@ -470,6 +471,10 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             await send({"type": "websocket.close", "code": CLOSE_UNAVAILABLE})
         finally:
             self._cancel_tasks()
+            # Ended without a disconnect (an error): the hub must not relay to it any more.
+            self.group = ""
+            if self.hub is not None:
+                self.hub.members.discard(self)
 
     async def connect(self) -> None:
         user = self.user = self.scope.get("user")

@@ -143,3 +143,39 @@ async def test_it_keeps_the_order_when_the_hub_relays_behind_a_queued_message(sc
     await layer.group_send(group, score_message(72))
     assert (await ws.receive_json_from(timeout=5))["frame_index"] == 72
     await ws.disconnect()
+
+
+async def test_it_keeps_relaying_to_the_others_when_relaying_to_one_socket_fails(
+    scored, monkeypatch
+):
+    analysis = scored["analysis"]
+    sockets = [(await connect(analysis.pk, scored["viewer"]))[0] for _ in range(2)]
+    for ws in sockets:
+        await ws.receive_json_from(timeout=5)
+    relay = consumers.AnalysisConsumer._relay
+    broken = []
+
+    async def fails_for_one(self, kind, event):
+        if not broken:
+            broken.append(self)  # the first socket the hub relays to
+        if self is broken[0]:
+            raise RuntimeError("a bug in relaying")
+        await relay(self, kind, event)
+
+    monkeypatch.setattr(consumers.AnalysisConsumer, "_relay", fails_for_one)
+    layer = get_channel_layer()
+    for index in (70, 71):
+        await layer.group_send(group_name(analysis.pk), score_message(index))
+    # The failing socket ends as it did when its own task relayed: the error is raised there.
+    for _ in range(50):
+        ended = [ws for ws in sockets if ws.future.done()]
+        if ended:
+            break
+        await asyncio.sleep(0.1)
+    (failed,) = ended
+    with pytest.raises(RuntimeError, match="a bug in relaying"):
+        failed.future.result()
+    (healthy,) = [ws for ws in sockets if ws is not failed]
+    assert [(await healthy.receive_json_from(timeout=5))["frame_index"] for _ in "ab"] == [70, 71]
+    (hub,) = [h for hubs in consumers._Hub.hubs.values() for h in hubs.values()]
+    assert broken[0] not in hub.members  # nothing more is relayed to the dead socket
