@@ -42,6 +42,7 @@ import torch
 from detection.engine import ModelSpec, load_model
 from detection.engine import device as engine_device
 from detection.engine import loader as engine_loader
+from detection.engine.cpu_kernels import pack_image_tower
 from detection.engine.loader import LoadedModel
 from detection.engine.modelspec import PRESETS, Preset
 
@@ -85,10 +86,13 @@ def images_per_s(
 
 
 def as_precision(loaded: LoadedModel, precision: str) -> LoadedModel:
-    """A copy of `loaded` cast to `precision` (the engine casts the whole model the same way)."""
+    """A copy of `loaded` cast to `precision` (the engine casts the whole model the same way,
+    and packs a bf16 ViT tower on the CPU as it does: detection.engine.cpu_kernels)."""
     dtype = engine_device.DTYPES[precision]
+    model = copy.deepcopy(loaded.model).to(dtype)
+    packed = pack_image_tower(model.visual, loaded.preprocess.size)
     return dataclasses.replace(
-        loaded, model=copy.deepcopy(loaded.model).to(dtype), precision=precision, dtype=dtype
+        loaded, model=model, precision=precision, dtype=dtype, packed_kernels=packed
     )
 
 

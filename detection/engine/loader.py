@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .cpu_kernels import pack_image_tower
 from .device import (
     DTYPES,
     MEASURE,
@@ -78,6 +79,8 @@ class LoadedModel:
     spec: ModelSpec
     model_logit_scale: float
     context_length: int
+    # Whether the image tower runs on oneDNN's packed kernels (CPU, bf16, ViT).
+    packed_kernels: bool = False
     # Class embeddings per prompt tuple; they live and die with this model's weights.
     text_cache: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -202,7 +205,7 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
     size = pp["size"] if isinstance(pp["size"], (tuple, list)) else (pp["size"], pp["size"])
     if precision == MEASURE:
         # `auto` on a CPU with bf16: time this model's own image encoder (fp32 as loaded).
-        probe = probe_cpu_precision(model_name, model.visual, (int(size[0]), int(size[1])))
+        probe = probe_cpu_precision(model_name, model.visual, _size(size))
         precision = probe.precision
     dtype = DTYPES[precision]
     if dtype != torch.float32:
@@ -210,7 +213,10 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
         # for inference on GPU.
         model.to(dtype)
     model.requires_grad_(False)
+    packed = False
     if device == "cpu":
+        # bf16 ViT blocks on packed oneDNN kernels (detection.engine.cpu_kernels).
+        packed = dtype == torch.bfloat16 and pack_image_tower(model.visual, _size(size))
         release_freed_memory()  # the fp32 weights a cast or the probe left behind
 
     context_length = getattr(tokenizer, "context_length", None) or getattr(
@@ -220,7 +226,7 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         preprocess=PreprocessConfig(
-            size=(int(size[0]), int(size[1])),
+            size=_size(size),
             mean=tuple(float(m) for m in pp["mean"]),
             std=tuple(float(s) for s in pp["std"]),
             interpolation=pp.get("interpolation", "bicubic"),
@@ -233,9 +239,14 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
         spec=spec,
         model_logit_scale=float(model.logit_scale.float().exp().item()),
         context_length=int(context_length),
+        packed_kernels=packed,
     )
-    log.info("loaded %s", loaded.describe())
+    log.info("loaded %s%s", loaded.describe(), " (packed CPU kernels)" if packed else "")
     return loaded
+
+
+def _size(size: Any) -> tuple[int, int]:
+    return int(size[0]), int(size[1])
 
 
 def _reparameterize(model: torch.nn.Module) -> None:
