@@ -6,10 +6,13 @@ Only that every field is there and sane: timings are the benchmark's job, not th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from bench import benchmark as bench
+from tests.support import ROOT
 from tests.support.processes import manage
 
 pytestmark = [pytest.mark.usefixtures("tiny_settings"), pytest.mark.slow]
@@ -122,3 +125,16 @@ def test_the_command_prints_the_table_and_writes_json(tiny_model, make_video, tm
 def test_the_command_refuses_a_missing_video(tiny_model, tmp_path):
     done = manage("bench", str(tmp_path / "nope.avi"), env=tiny_model.env)
     assert done.returncode == 2 and "no such video file" in done.stderr
+
+
+def test_it_reports_a_started_workers_own_peak_memory_not_its_parents():
+    # ru_maxrss keeps the parent's high-water mark across fork and exec: the benchmark
+    # (2.2 GiB) made every live worker it started report at least that much.
+    ballast = bytearray(1 << 30)
+    for page in range(0, len(ballast), 4096):
+        ballast[page] = 1
+    code = "from bench.benchmark import peak_rss_mib; print(peak_rss_mib())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert 0 < float(done.stdout) < 1024 - 256  # its own imports, not the 1 GiB above
+    del ballast
