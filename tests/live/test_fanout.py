@@ -104,7 +104,8 @@ async def test_it_relays_what_is_published_during_the_handshake_after_the_snapsh
     analysis = scored["analysis"]
     slowed_snapshots(monkeypatch)
     connecting = asyncio.ensure_future(connect(analysis.pk, scored["viewer"]))
-    while not any(consumers._Hub.hubs.values()):  # joined; the snapshot is being read
+    loop = asyncio.get_running_loop()
+    while not consumers._Hub.hubs.get(loop):  # joined; the snapshot is being read
         await asyncio.sleep(0.01)
     await get_channel_layer().group_send(group_name(analysis.pk), score_message(70))
     ws, _ = await connecting
@@ -177,5 +178,6 @@ async def test_it_keeps_relaying_to_the_others_when_relaying_to_one_socket_fails
         failed.future.result()
     (healthy,) = [ws for ws in sockets if ws is not failed]
     assert [(await healthy.receive_json_from(timeout=5))["frame_index"] for _ in "ab"] == [70, 71]
-    (hub,) = [h for hubs in consumers._Hub.hubs.values() for h in hubs.values()]
+    (hub,) = consumers._Hub.hubs[asyncio.get_running_loop()].values()
     assert broken[0] not in hub.members  # nothing more is relayed to the dead socket
+    await healthy.disconnect()
