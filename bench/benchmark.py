@@ -32,6 +32,7 @@ the feeds and `pipeline_run`). Results and what was tuned: docs/performance.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -195,22 +196,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-_packed_linear_counted = False
-
-
+@functools.cache
 def _count_packed_linears() -> None:
     """Teach `FlopCounterMode` the packed linear kernel (detection.engine.cpu_kernels),
     which it does not know: a product of (..., K) by a (N, K) weight, 2 x ... x K x N."""
-    global _packed_linear_counted
-    if _packed_linear_counted or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return
     from torch.utils.flop_counter import register_flop_formula
 
     @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
     def _flops(x_shape: Any, w_shape: Any, *args: Any, **kwargs: Any) -> int:
         return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
-
-    _packed_linear_counted = True
 
 
 def model_gflops(loaded: LoadedModel) -> float:

@@ -48,7 +48,6 @@ class PackedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False):
         super().__init__()
-        self.in_features = int(weight.shape[1])
         self.out_features = int(weight.shape[0])
         # Plain attributes, not buffers: a packed tensor has no storage to copy or save.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)

@@ -213,10 +213,9 @@ def _load(spec: ModelSpec, device: str, precision: str) -> LoadedModel:
         # for inference on GPU.
         model.to(dtype)
     model.requires_grad_(False)
-    packed = False
+    # A bf16 ViT tower on the CPU: packed oneDNN kernels (a no-op for anything else).
+    packed = pack_image_tower(model.visual, _size(size))
     if device == "cpu":
-        # bf16 ViT blocks on packed oneDNN kernels (detection.engine.cpu_kernels).
-        packed = dtype == torch.bfloat16 and pack_image_tower(model.visual, _size(size))
         release_freed_memory()  # the fp32 weights a cast or the probe left behind
 
     context_length = getattr(tokenizer, "context_length", None) or getattr(

@@ -309,13 +309,14 @@ class _Hub:
         try:
             while True:
                 message = await self.layer.receive(self.channel)
+                relayed = message.get("type") in RELAYS
                 for member in list(self.members):
                     # A socket with nothing before the message relays it from here, in
                     # this task (its send does not wait); the others take it in turn from
                     # their inboxes. So the common case costs no wake-up of the socket's
                     # own task (channels' receive loop makes a task and a wait per message:
                     # at 1,000 viewers that was a third of every daphne's work).
-                    if member._relays_now(message):
+                    if relayed and member._relays_now():
                         await member._relay_now(message)
                     else:
                         member._deliver(message)
@@ -392,7 +393,6 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
     # Group messages put in the inbox and not yet relayed by the socket's task: while any
     # is, the hub queues behind them rather than relaying directly (order is kept).
     _queued: int = 0
-    live: bool = False  # the snapshot is sent: the hub may relay to this socket directly
 
     # channels receives from the layer on the socket's own channel; this socket receives
     # from its inbox instead, which its analysis's _Hub fills (the channel name stays).
@@ -426,16 +426,16 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             self._queued += 1  # counted down once relayed (`dispatch`)
         self._inbox.put_nowait(item)
 
-    def _relays_now(self, message: dict[str, Any]) -> bool:
-        """Whether the hub may relay `message` here at once: the snapshot is sent, nothing
-        waits in the inbox or is being relayed from it, no resync is being answered (its
-        reply goes first) and the socket is not closing."""
+    def _relays_now(self) -> bool:
+        """Whether the hub may relay a message here at once: the snapshot is sent (the
+        re-check starts right after it), nothing waits in the inbox or is being relayed
+        from it, no resync is being answered (its reply goes first) and the socket is not
+        closing."""
         return (
-            self.live
+            self.recheck is not None
             and not self._queued
             and bool(self.group)
             and (self.answering is None or self.answering.done())
-            and message.get("type") in RELAYS
         )
 
     async def _relay_now(self, message: dict[str, Any]) -> None:
@@ -513,7 +513,6 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             await self._close(CLOSE_NOT_FOUND)
             return
         await self._send_snapshot(message)
-        self.live = True
         self.recheck = asyncio.create_task(self._guarded("re-check", self._recheck_loop))
 
     def _log_unavailable(self, exc: BaseException) -> None:
