@@ -295,7 +295,7 @@ class _Hub:
             if not subscribed.done() or subscribed.cancelled() or subscribed.exception():
                 hub._forget()  # failed (or nobody waits for it): the next socket starts anew
             elif not hub.members:
-                hub.closing = asyncio.ensure_future(hub.close())  # it was cancelled, alone
+                hub._close_soon()  # it was cancelled, alone
             raise
         return hub
 
@@ -358,6 +358,27 @@ class _Hub:
         self.members.discard(consumer)
         if not self.members:
             await self.close()
+
+    def release(self, consumer: AnalysisConsumer) -> None:
+        """`leave` for a socket that ended on an error, where nothing can be awaited: the
+        last one out still unsubscribes (in the background), or the process would stay in
+        the group, receiving the analysis's every message for nobody, until it restarts."""
+        self.members.discard(consumer)
+        if not self.members:
+            self._close_soon()
+
+    def _close_soon(self) -> None:
+        # Forgotten now, so that a socket arriving meanwhile subscribes afresh rather than
+        # joining a hub on its way out.
+        self._forget()
+        if self.closing is None:
+            self.closing = asyncio.ensure_future(self.close())
+            self.closing.add_done_callback(self._closed)
+
+    def _closed(self, closing: asyncio.Future[None]) -> None:
+        if not closing.cancelled() and closing.exception() is not None:
+            # The membership expires with the layer's group expiry (or went with Redis).
+            log.info("left %s without the layer: %s", self.group, closing.exception())
 
     async def close(self) -> None:
         """Unsubscribe (the last local socket left). Raises what the layer raises."""
@@ -473,8 +494,9 @@ class AnalysisConsumer(AsyncJsonWebsocketConsumer):
             self._cancel_tasks()
             # Ended without a disconnect (an error): the hub must not relay to it any more.
             self.group = ""
-            if self.hub is not None:
-                self.hub.members.discard(self)
+            hub, self.hub = self.hub, None
+            if hub is not None:
+                hub.release(self)
 
     async def connect(self) -> None:
         user = self.user = self.scope.get("user")

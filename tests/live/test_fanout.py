@@ -181,3 +181,39 @@ async def test_it_keeps_relaying_to_the_others_when_relaying_to_one_socket_fails
     (hub,) = consumers._Hub.hubs[asyncio.get_running_loop()].values()
     assert broken[0] not in hub.members  # nothing more is relayed to the dead socket
     await healthy.disconnect()
+
+
+async def test_it_leaves_the_group_when_the_last_socket_ends_on_an_error(scored, monkeypatch):
+    analysis = scored["analysis"]
+    ws, _ = await connect(analysis.pk, scored["viewer"])
+    await ws.receive_json_from(timeout=5)
+
+    relay = consumers.AnalysisConsumer._relay
+
+    async def fails(self, kind, event):
+        raise RuntimeError("a bug in relaying")
+
+    monkeypatch.setattr(consumers.AnalysisConsumer, "_relay", fails)
+    layer = get_channel_layer()
+    group = group_name(analysis.pk)
+    assert len(layer.groups[group]) == 1
+    await layer.group_send(group, score_message(70))
+    with pytest.raises(RuntimeError, match="a bug in relaying"):
+        await ws.wait(timeout=5)
+    # Without a disconnect the process used to stay in the group for nobody, receiving every
+    # score of the analysis until it restarted.
+    for _ in range(50):
+        if not layer.groups.get(group):
+            break
+        await asyncio.sleep(0.1)
+    assert not layer.groups.get(group)
+    assert not consumers._Hub.hubs.get(asyncio.get_running_loop())
+
+    # The next page subscribes afresh and is relayed to.
+    monkeypatch.setattr(consumers.AnalysisConsumer, "_relay", relay)
+    again, _ = await connect(analysis.pk, scored["viewer"])
+    await again.receive_json_from(timeout=5)
+    assert len(layer.groups[group]) == 1
+    await layer.group_send(group, score_message(71))
+    assert (await again.receive_json_from(timeout=5))["frame_index"] == 71
+    await again.disconnect()
