@@ -443,6 +443,7 @@ def live_capacity(
     batch_size: int | None = None,
     normal: str = NORMAL,
     anomaly: str = ANOMALY,
+    threshold: float | None = None,
     stop_after_miss: bool = True,
     on_result: Callable[[LiveResult], None] | None = None,
 ) -> list[LiveResult]:
@@ -452,7 +453,9 @@ def live_capacity(
     replaced by a `PacedFileSource` (the only bench-only substitution). Frames captured in
     the first `warmup_s` seconds (sources opening) are not counted. A count is held when
     no counted frame was older than `max_age_s` when stored and the slowest camera was
-    scored at >= 95 % of `sampling_fps` (`_slowest_rate`).
+    scored at >= 95 % of `sampling_fps` (`_slowest_rate`). `threshold` None: the default
+    one; 0 keeps an incident open on every camera, and with it a clip recording (the worst
+    case for the pictures and clips).
     """
     from cameras.models import Camera
     from detection.engine import sources
@@ -479,6 +482,7 @@ def live_capacity(
                 sampling_fps=sampling_fps,
                 motion_gating=False,  # every due frame is scored: the worst case
                 status=Analysis.Status.QUEUED,
+                **({} if threshold is None else {"threshold": threshold}),
             )
         publisher = AgePublisher(ChannelPublisher())
         worker = Worker(

@@ -30,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--normal")
     parser.add_argument("--anomaly")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="the analyses' threshold; 0 keeps an incident (and its clip) open on every camera",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
@@ -50,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Loaded here, before the clock starts: the worker takes it from the loader's cache
     # instead of spending the warm-up loading it.
     load_model(conf.model_spec())
-    options = {k: v for k, v in (("normal", args.normal), ("anomaly", args.anomaly)) if v}
+    given = (("normal", args.normal), ("anomaly", args.anomaly), ("threshold", args.threshold))
+    options = {k: v for k, v in given if v is not None}
     (result,) = bench.live_capacity(
         args.clip,
         [args.cameras],

@@ -26,6 +26,11 @@ def batch_size() -> int:
     return int(settings.DETECTION_BATCH_SIZE)
 
 
+def full_rate_cameras() -> int:
+    """How many live cameras may be sampled faster than scoring needs (pictures, clips)."""
+    return int(getattr(settings, "DETECTION_FULL_RATE_CAMERAS", 4))
+
+
 def logit_scale() -> float | None:
     """None: the model's own learned scale; a number (100 = the prototype): that scale."""
     return getattr(settings, "DETECTION_LOGIT_SCALE", None)

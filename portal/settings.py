@@ -355,6 +355,10 @@ DETECTION_NORMALITY_VIEWS = get_str(
 # every frame decoded and only the sampled ones converted), `grab` (that second way always),
 # `keyframes` (keyframes only always) or `all` (every frame decoded and converted).
 DETECTION_DECODE = get_str("DETECTION_DECODE", "auto", choices=("auto", "all", "grab", "keyframes"))
+# How many live cameras a worker samples at once faster than scoring needs, for a watched
+# live picture or a recording incident clip (4 frames/s: every frame decoded). The others'
+# pictures and clips take the frames sampled for scoring (detection/worker/fullrate.py).
+DETECTION_FULL_RATE_CAMERAS = get_int("DETECTION_FULL_RATE_CAMERAS", 4, min=0)
 # A worker's claim on an analysis lapses this long after its last heartbeat; another
 # worker then resumes the analysis from its last stored frame.
 DETECTION_LEASE_SECONDS = get_int("DETECTION_LEASE_SECONDS", 30, min=5)

@@ -55,7 +55,7 @@ from detection.engine.video import is_black, samples_through
 from detection.live import messages
 from detection.live.publisher import ChannelPublisher, Publisher
 from detection.models import Analysis, FrameScore
-from detection.worker import clips, leases, memory, preview, webhooks
+from detection.worker import clips, fullrate, leases, memory, preview, webhooks
 from detection.worker.pruning import PeriodicPrune
 from detection.worker.recording import LeaseLost, Recorder, ScoredItem
 
@@ -176,6 +176,11 @@ class Worker:
         # Decoding less (issue 16): how live sources skip the frames nobody samples. Read
         # once, so a bad DETECTION_DECODE stops the worker at start, not at its first camera.
         self.decode = conf.decode_mode()
+        # The live cameras sampled faster than scoring needs, for pictures and clips, and
+        # those that want it and wait for a place (detection/worker/fullrate.py).
+        self.full_rate_limit = conf.full_rate_cameras()
+        self.full_rate: set[int] = set()
+        self.full_rate_refused: set[int] = set()
         self.jobs: dict[int, Job] = {}
         # Live frames gathered for the next forward pass (gather_step), and when the first of
         # them must go (monotonic).
@@ -552,15 +557,37 @@ class Worker:
     def sampling_step(self) -> None:
         """How often each live source converts a frame (decoding less, issue 16): at its
         analysis's sampling rate, or more often while a page shows its live picture or an
-        incident clip records (both take the source's newest frames, 4 a second)."""
-        for job in self.jobs.values():
-            if not isinstance(job, LiveJob):
-                continue
+        incident clip records (both take the source's newest frames, 4 a second), for at
+        most `full_rate_limit` cameras at once (detection/worker/fullrate.py)."""
+        live = [job for job in self.jobs.values() if isinstance(job, LiveJob)]
+        faster: dict[int, float] = {}
+        wanted: dict[int, int] = {}
+        for job in live:
             interval = 1.0 / job.analysis.sampling_fps
-            if self.pictures.watched(job.pk):
-                interval = min(interval, preview.INTERVAL_S)
-            if self.clips.recording(job.pk):
-                interval = min(interval, 1.0 / clips.LIVE_FPS)
+            if self.clips.recording(job.pk) and 1.0 / clips.LIVE_FPS < interval:
+                wanted[job.pk] = fullrate.RECORDING
+                interval = 1.0 / clips.LIVE_FPS
+            if self.pictures.watched(job.pk) and preview.INTERVAL_S < interval:
+                wanted.setdefault(job.pk, fullrate.WATCHED)
+                interval = preview.INTERVAL_S
+            faster[job.pk] = interval
+        self.full_rate = fullrate.choose(wanted, self.full_rate, self.full_rate_limit)
+        refused = set(wanted) - self.full_rate
+        for pk in refused - self.full_rate_refused:
+            log.info(
+                "analysis %s: its %s takes the frames sampled for scoring: %d cameras "
+                "already take 4 a second (DETECTION_FULL_RATE_CAMERAS=%d)",
+                pk,
+                "clip" if wanted[pk] == fullrate.RECORDING else "live picture",
+                len(self.full_rate),
+                self.full_rate_limit,
+            )
+        self.full_rate_refused = refused
+        for job in live:
+            if job.pk in self.full_rate:
+                interval = faster[job.pk]
+            else:
+                interval = 1.0 / job.analysis.sampling_fps
             if job.source.sample_interval_s != interval:
                 job.source.sample_interval_s = interval
 

@@ -15,7 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from detection.engine.sources import PacedFileSource
 from detection.frames import watch_marker_path
 from detection.live.publisher import NullPublisher
-from detection.worker import clips, preview
+from detection.worker import clips, fullrate, preview
 from detection.worker.loop import Worker
 from tests.support import ROOT
 from tests.support.factories import AnalysisFactory, CameraFactory, IncidentFactory
@@ -115,6 +115,65 @@ def test_it_samples_each_source_at_its_rate_and_faster_while_watched_or_recordin
         run_until(worker, lambda: source.sample_interval_s == 1.0 / clips.LIVE_FPS, 5.0)
         recorder.close()  # the clip ends
         run_until(worker, lambda: source.sample_interval_s == 0.5, 5.0)
+    finally:
+        worker.shutdown()
+
+
+def test_it_gives_the_faster_rate_to_recording_cameras_first_and_keeps_a_place_while_wanted():
+    wanted = {3: fullrate.WATCHED, 5: fullrate.RECORDING, 7: fullrate.RECORDING}
+    assert fullrate.choose(wanted, set(), 2) == {5, 7}
+    assert fullrate.choose(wanted, {3}, 2) == {3, 5}  # a watched camera keeps its place
+    assert fullrate.choose(wanted, {3, 5, 7}, 1) == {5}  # fewer places: by priority
+    assert fullrate.choose({3: fullrate.WATCHED}, {5}, 1) == {3}  # 5 no longer wants it
+    assert fullrate.choose(wanted, {5}, 0) == set()
+
+
+@pytest.mark.slow
+def test_it_samples_only_the_allowed_number_of_cameras_faster_for_clips(
+    make_video, settings, media
+):
+    settings.DETECTION_DECODE = "auto"
+    settings.DETECTION_FULL_RATE_CAMERAS = 1
+    clip = make_video("camera.avi", frames=100, fps=25.0)
+    opened: dict[str, PacedFileSource] = {}
+
+    def open_source(kind: str, source: str, **options):
+        opened[source] = PacedFileSource(clip, loop=True, **options)
+        return opened[source]
+
+    analyses = [
+        AnalysisFactory(
+            camera=CameraFactory(kind="webcam", source=str(i)),
+            status="queued",
+            sampling_fps=1.0,
+            motion_gating=False,
+            incident_open_frames=1000,  # the clips below are opened by the test
+        )
+        for i in range(3)
+    ]
+    worker = Worker(
+        publisher=NullPublisher(), poll_seconds=0.1, source_options=FAST, open_source=open_source
+    )
+    try:
+        run_until(worker, lambda: all(a.scores.exists() for a in analyses))
+        sources = [worker.jobs[a.pk].source for a in analyses]
+        recorders = [worker.clips.live[a.pk] for a in analyses]
+        # An incident on every camera at once: one place, for the first analysis.
+        for analysis, recorder in zip(analyses, recorders, strict=True):
+            recorder.incident(IncidentFactory(analysis=analysis, end_time_s=None))
+        fast = 1.0 / clips.LIVE_FPS
+        run_until(worker, lambda: sources[0].sample_interval_s == fast, 5.0)
+        for _ in range(10):
+            worker.tick()
+        assert [s.sample_interval_s for s in sources] == [fast, 1.0, 1.0]
+        assert worker.full_rate_refused == {analyses[1].pk, analyses[2].pk}
+        # The others' clips still get the frames sampled for scoring.
+        run_until(
+            worker, lambda: all(r.recordings[min(r.recordings)].writer.frames for r in recorders)
+        )
+        recorders[0].close()  # its clip ends: the place goes to the next camera
+        run_until(worker, lambda: sources[1].sample_interval_s == fast, 5.0)
+        assert [s.sample_interval_s for s in sources] == [1.0, fast, 1.0]
     finally:
         worker.shutdown()
 
